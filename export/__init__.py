@@ -1,0 +1,1 @@
+"""rynn-edge export: checkpoint -> ONNX graphs / TensorRT engines + manifest."""

@@ -1,0 +1,1 @@
+"""rynn-edge runtime: everything a robot computer needs."""

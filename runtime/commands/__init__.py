@@ -1,0 +1,1 @@
+"""One module per `rynn-edge` subcommand (see runtime/cli.py)."""
