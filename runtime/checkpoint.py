@@ -1,0 +1,261 @@
+"""Read a RynnVLA-002 `save_pretrained` folder (config.json + bf16 safetensors, single or sharded).
+
+Modules are built on the meta device, allocated once in the target dtype and filled tensor by tensor,
+so peak memory stays near one copy of the weights. Every tensor is checked against the config first.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rynn_edge.runtime.action_head import ActionHead
+from rynn_edge.runtime.backbone import ChameleonBackbone
+from rynn_edge.runtime.errors import UserError
+from safetensors import safe_open
+from torch import nn
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+IGNORED_PREFIXES = ("model.vqmodel.",)  # upstream re-creates the unused HF VQ encoder; never needed
+HEAD_PREFIX = "action_head."
+MAX_REPORTED = 20
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    rms_norm_eps: float
+    rope_theta: float
+    action_dim: int
+    time_horizon: int
+    max_position_embeddings: int = 4096
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> ModelConfig:
+        path = Path(model_dir) / "config.json"
+        if not path.is_file():
+            raise UserError(
+                f"{path}: not found. Pass the checkpoint folder written by save_pretrained "
+                "(it holds config.json and model*.safetensors)."
+            )
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(
+                f"{path}: not valid JSON ({e}). Restore the file from the original checkpoint."
+            ) from e
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config.json") -> ModelConfig:
+        required = (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "rms_norm_eps",
+            "rope_theta",
+            "action_dim",
+            "time_horizon",
+        )
+        missing = [k for k in required if raw.get(k) is None]
+        if missing:
+            raise UserError(
+                f"{source}: missing key(s) {', '.join(missing)}. Add them (the RynnVLA-002 training "
+                "run's values; action_dim/time_horizon are 6/20 for SO100, 7/5 or 7/10 for LIBERO)."
+            )
+        cfg = cls(
+            vocab_size=int(raw["vocab_size"]),
+            hidden_size=int(raw["hidden_size"]),
+            intermediate_size=int(raw["intermediate_size"]),
+            num_hidden_layers=int(raw["num_hidden_layers"]),
+            num_attention_heads=int(raw["num_attention_heads"]),
+            num_key_value_heads=int(raw.get("num_key_value_heads") or raw["num_attention_heads"]),
+            rms_norm_eps=float(raw["rms_norm_eps"]),
+            rope_theta=float(raw["rope_theta"]),
+            action_dim=int(raw["action_dim"]),
+            time_horizon=int(raw["time_horizon"]),
+            max_position_embeddings=int(raw.get("max_position_embeddings") or 4096),
+        )
+        unsupported = {  # key: (value the runtime implements, value found)
+            "hidden_act": ("silu", raw.get("hidden_act", "silu")),
+            "swin_norm": (False, raw.get("swin_norm", False)),
+            "model_parallel_size": (1, raw.get("model_parallel_size", 1)),
+            "rope_scaling": (None, raw.get("rope_scaling")),
+            "attention_bias": (False, raw.get("attention_bias", False)),
+            "mlp_bias": (False, raw.get("mlp_bias", False)),
+            "num_key_value_heads": (cfg.num_attention_heads, cfg.num_key_value_heads),
+        }
+        bad = [
+            f"{k}={found!r} (supported: {want!r})"
+            for k, (want, found) in unsupported.items()
+            if found != want
+        ]
+        if cfg.hidden_size % cfg.num_attention_heads:
+            bad.append(
+                f"hidden_size={cfg.hidden_size} not divisible by "
+                f"num_attention_heads={cfg.num_attention_heads}"
+            )
+        if bad:
+            raise UserError(
+                f"{source}: unsupported architecture: {'; '.join(bad)}. rynn-edge runs the Chameleon-7B "
+                "pre-norm layout of RynnVLA-002; check that this is a RynnVLA-002 checkpoint."
+            )
+        return cfg
+
+
+@dataclass(frozen=True)
+class _Stored:
+    file: Path
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def _weight_files(model_dir: Path) -> tuple[list[Path], dict[str, str] | None]:
+    index = model_dir / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise UserError(
+                f"{index}: unreadable ({e!r}); it must hold a 'weight_map'. Restore it from the "
+                "original checkpoint."
+            ) from e
+        files = [model_dir / name for name in sorted(set(weight_map.values()))]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise UserError(
+                f"{index} lists shard(s) that are not in {model_dir}: {', '.join(absent)}. "
+                "Download the missing shard(s)."
+            )
+        return files, weight_map
+    single = model_dir / SINGLE_FILE
+    if single.is_file():
+        return [single], None
+    raise UserError(
+        f"{model_dir}: no {SINGLE_FILE} and no {INDEX_FILE}. Pass the checkpoint folder written by "
+        "save_pretrained."
+    )
+
+
+def _read_headers(files: list[Path], weight_map: dict[str, str] | None) -> dict[str, _Stored]:
+    stored: dict[str, _Stored] = {}
+    problems = []
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            keys = f.keys()  # safe_open handles are not iterable
+            for key in keys:
+                sl = f.get_slice(key)
+                if key in stored:
+                    problems.append(f"{key}: stored twice, in {stored[key].file.name} and {path.name}")
+                stored[key] = _Stored(path, tuple(sl.get_shape()), sl.get_dtype())
+    for key, name in (weight_map or {}).items():
+        if key not in stored or stored[key].file.name != name:
+            problems.append(f"{key}: {INDEX_FILE} says {name}, but that file does not hold it")
+    if problems:
+        raise UserError(
+            _report("inconsistent checkpoint", problems, "Re-download or re-save the checkpoint.")
+        )
+    return stored
+
+
+def _report(what: str, problems: list[str], todo: str) -> str:
+    shown = problems[:MAX_REPORTED]
+    more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+    return f"{what} ({len(problems)} problem(s)):\n  " + "\n  ".join(shown) + more + f"\n{todo}"
+
+
+def _expected(backbone: nn.Module, head: nn.Module) -> dict[str, nn.Parameter]:
+    params = {}
+    for name, p in backbone.named_parameters():
+        params[name if name.startswith("lm_head.") else f"model.{name}"] = p
+    for name, p in head.named_parameters():
+        params[HEAD_PREFIX + name] = p
+    return params
+
+
+def _head_hint(cfg: ModelConfig, stored: dict[str, _Stored]) -> str:
+    """What action_dim/time_horizon the stored head tensors imply, when that can be read off them."""
+    fc2 = stored.get(HEAD_PREFIX + "output_projection.model.fc2.weight")
+    queries = stored.get(HEAD_PREFIX + "action_token_embeddings.weight")
+    if fc2 is None or queries is None or len(fc2.shape) != 2 or len(queries.shape) != 2:
+        return ""
+    a = fc2.shape[0]
+    t = queries.shape[1] / (a * cfg.hidden_size)
+    return (
+        f" The head tensors imply action_dim={a}, time_horizon={t:g}; config.json says "
+        f"action_dim={cfg.action_dim}, time_horizon={cfg.time_horizon}: set config.json to match the "
+        "checkpoint (or use the checkpoint trained for your robot)."
+    )
+
+
+def load_model(
+    model_dir: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> tuple[ModelConfig, ChameleonBackbone, ActionHead]:
+    """Load backbone and action head in `dtype` on `device`, eval mode, no gradients."""
+    model_dir = Path(model_dir)
+    cfg = ModelConfig.from_dir(model_dir)
+    files, weight_map = _weight_files(model_dir)
+    stored = _read_headers(files, weight_map)
+
+    proj = stored.get(HEAD_PREFIX + "hidden_projection.weight")
+    if proj is None or len(proj.shape) != 2:
+        raise UserError(
+            f"{model_dir}: no tensor {HEAD_PREFIX}hidden_projection.weight [width, {cfg.hidden_size}]. "
+            "This is not a RynnVLA-002 checkpoint with a continuous action head."
+        )
+    with torch.device("meta"):
+        backbone = ChameleonBackbone(cfg).to(dtype)
+        head = ActionHead(cfg.hidden_size, proj.shape[0], cfg.time_horizon, cfg.action_dim).to(dtype)
+    expected = _expected(backbone, head)
+
+    problems, head_bad = [], False
+    for key, p in expected.items():
+        s = stored.get(key)
+        if s is None:
+            problems.append(f"{key}: missing (expected shape {list(p.shape)})")
+        elif s.shape != tuple(p.shape):
+            problems.append(f"{key} in {s.file.name}: shape {list(s.shape)}, expected {list(p.shape)}")
+        elif s.dtype not in ("BF16", "F16", "F32", "F64"):
+            problems.append(f"{key} in {s.file.name}: dtype {s.dtype}, expected a float type")
+        else:
+            continue
+        head_bad |= key.startswith(HEAD_PREFIX)
+    for key, s in stored.items():
+        if key not in expected and not key.startswith(IGNORED_PREFIXES):
+            problems.append(f"{key} in {s.file.name}: unexpected tensor {list(s.shape)}")
+    if problems:
+        hint = _head_hint(cfg, stored) if head_bad else ""
+        raise UserError(
+            _report(
+                f"{model_dir}: checkpoint does not match config.json",
+                problems,
+                "Use a complete RynnVLA-002 checkpoint whose config.json matches its tensors." + hint,
+            )
+        )
+
+    backbone.to_empty(device=device)
+    head.to_empty(device=device)
+    params = _expected(backbone, head)  # to_empty replaced the meta parameters
+    by_file: dict[Path, list[str]] = {}
+    for key in expected:
+        by_file.setdefault(stored[key].file, []).append(key)
+    with torch.no_grad():
+        for path, keys in by_file.items():
+            with safe_open(str(path), framework="pt") as f:
+                for key in keys:
+                    params[key].copy_(f.get_tensor(key))
+    return cfg, backbone.eval().requires_grad_(False), head.eval().requires_grad_(False)
