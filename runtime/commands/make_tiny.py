@@ -1,0 +1,82 @@
+"""`rynn-edge make-tiny-checkpoint`: a small random bundle in the exact upstream on-disk layout.
+
+OUT/model (HF save_pretrained folder, bf16 safetensors), OUT/tokenizer (HF tokenizer folder) and
+OUT/vq (vqgan.yaml, vqgan.ckpt, text_tokenizer.json). Tests and the demo use it; real
+checkpoints are read by the same loader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+PRESETS = ("so100", "libero")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", type=Path, help="output folder (model/, tokenizer/, vq/ are created in it)")
+    parser.add_argument("--preset", choices=PRESETS, default="so100", help="action/state layout")
+    parser.add_argument(
+        "--hidden-size",
+        type=int,
+        default=256,
+        help="LLM width (default 256; the upstream code itself only loads 4096, its head hard-codes it)",
+    )
+    parser.add_argument("--layers", type=int, default=2, help="decoder layers (default 2)")
+    parser.add_argument("--intermediate-size", type=int, default=None, help="MLP width (default 2x hidden)")
+    parser.add_argument("--time-horizon", type=int, default=None, help="override T (so100: 20, libero: 5)")
+    parser.add_argument("--shard-mb", type=float, default=None, help="shard safetensors at this size (MB)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the written paths as JSON")
+
+
+def write_tiny_bundle(
+    out: Path,
+    preset: str = "so100",
+    *,
+    hidden_size: int = 256,
+    layers: int = 2,
+    intermediate_size: int | None = None,
+    time_horizon: int | None = None,
+    shard_bytes: int | None = None,
+    seed: int = 0,
+) -> dict[str, Path]:
+    from rynn_edge.runtime.tiny_model import write_tiny_model
+    from rynn_edge.runtime.tiny_tokenizer import write_tiny_tokenizer
+    from rynn_edge.runtime.tiny_vq import write_tiny_vq
+
+    paths = {"model": out / "model", "tokenizer": out / "tokenizer", "vq": out / "vq"}
+    write_tiny_vq(paths["vq"], seed=seed)
+    vocabulary_map = write_tiny_tokenizer(paths["tokenizer"], paths["vq"], seed=seed)
+    write_tiny_model(
+        paths["model"],
+        preset,
+        hidden_size=hidden_size,
+        num_layers=layers,
+        intermediate_size=intermediate_size or 2 * hidden_size,
+        vocabulary_map=vocabulary_map,
+        seed=seed,
+        max_shard_bytes=shard_bytes,
+        time_horizon=time_horizon,
+    )
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = write_tiny_bundle(
+        args.out,
+        args.preset,
+        hidden_size=args.hidden_size,
+        layers=args.layers,
+        intermediate_size=args.intermediate_size,
+        time_horizon=args.time_horizon,
+        shard_bytes=int(args.shard_mb * 2**20) if args.shard_mb else None,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps({name: str(path) for name, path in paths.items()}))
+    else:
+        for name, path in paths.items():
+            print(f"{name:9s} {path}")
+    return 0
