@@ -9,14 +9,16 @@ control flow over tensor values: the module traces to ONNX as is.
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 import yaml
-from rynn_edge.runtime.errors import UserError
 from torch import nn
+
+from rynn_edge.runtime.errors import UserError
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -298,12 +300,18 @@ def read_state_dict(ckpt_path: Path, *, trust_pickle: bool = False) -> dict[str,
     except pickle.UnpicklingError as err:
         if trust_pickle:
             raise UserError(f"{ckpt_path}: cannot unpickle: {err}") from err
+        # torch's message is long and suggests code changes; keep only which global it refused.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:
+            raise UserError(
+                f"{ckpt_path}: not a readable torch checkpoint (corrupt or not a pickle)"
+            ) from err
         raise UserError(
-            f"{ckpt_path}: not plain weights (the pickle holds objects other than tensors and containers). "
+            f"{ckpt_path}: not plain weights (it pickles {found.group(1)}, not only tensors and containers). "
             "If you trust where this file came from, pass --trust-pickle (trust_pickle=True) to load it "
-            f"with full unpickling, which can run arbitrary code. Detail: {str(err).splitlines()[0]}"
+            "with full unpickling, which can run arbitrary code."
         ) from err
-    except (RuntimeError, EOFError, OSError) as err:
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
         raise UserError(f"{ckpt_path}: not a readable torch checkpoint: {err}") from err
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UserError(f"{ckpt_path}: expected a dict with a 'state_dict' entry")
