@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from rynn_edge.runtime.errors import UserError
 
 BOS_TOKEN = "<s>"  # its id is read from the text tokenizer (0 in Chameleon)
