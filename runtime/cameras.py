@@ -1,0 +1,168 @@
+"""Cameras: each on its own thread, keeping only the latest RGB frame and its capture time.
+
+SOURCE forms (`--camera NAME=SOURCE`):
+  0, 2, ...           OpenCV device index
+  /dev/video0         device path
+  rtsp://..., http:// network stream
+  clip.mp4            a video file, played at its own frame rate and looped (dry runs)
+  synthetic           a deterministic moving pattern at 30 fps, no hardware
+  synthetic:SECONDS   the same, but the camera goes dead after SECONDS (to rehearse a lost camera)
+
+Resizing to the model's input is the policy's job (the core's images module), not done here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rynn_edge.runtime.errors import UserError
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: np.ndarray  # HxWx3 uint8 RGB
+    t_ns: int  # time.monotonic_ns() at capture
+    seq: int
+
+
+def synthetic_frame(seq: int, height: int = 240, width: int = 320, *, seed: int = 0) -> np.ndarray:
+    """Frame `seq` of the synthetic source: a gradient with a bright square sweeping across it."""
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    image[..., 0] = (x * 255 // max(1, width - 1) + 7 * seed) % 256
+    image[..., 1] = (y * 255 // max(1, height - 1) + 3 * seq) % 256
+    image[..., 2] = (seq * 5 + 40 * seed) % 256
+    side = height // 4
+    cx = (seq * 4) % (width - side)
+    cy = int((height - side) / 2 * (1 + np.sin(seq / 15)))
+    image[cy : cy + side, cx : cx + side] = 255
+    return image
+
+
+class Camera:
+    """A capture thread. `latest()` never blocks on the device; `error` says why it stopped."""
+
+    def __init__(self, name: str, source: str, fps: float = 30.0):
+        self.name = name
+        self.source = source
+        self.fps = fps
+        self.error: str | None = None
+        self._frame: Frame | None = None
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._open()
+        self._thread = threading.Thread(target=self._run, name=f"camera-{name}", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> None:
+        kind, _, arg = self.source.partition(":")
+        self._dead_after_s: float | None = None
+        self._cap = None
+        if kind == "synthetic":
+            self._dead_after_s = float(arg) if arg else None
+            return
+        import cv2
+
+        target: int | str = int(self.source) if self.source.isdigit() else self.source
+        looks_like_file = Path(self.source).suffix.lower() in VIDEO_SUFFIXES
+        if looks_like_file and not Path(self.source).is_file():
+            raise UserError(f"camera {self.name}: video file {self.source} does not exist")
+        self._cap = cv2.VideoCapture(target)
+        if not self._cap.isOpened():
+            raise UserError(
+                f"camera {self.name}: cannot open {self.source!r} (device index, path, URL or video)"
+            )
+        self._loop_file = looks_like_file
+        if looks_like_file:
+            self.fps = self._cap.get(cv2.CAP_PROP_FPS) or self.fps
+
+    def _run(self) -> None:
+        try:
+            if self._cap is None:
+                self._run_synthetic()
+            else:
+                self._run_opencv()
+        except Exception as err:  # the thread must report, never die silently
+            self.error = f"{type(err).__name__}: {err}"
+        finally:
+            if self._cap is not None:
+                self._cap.release()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _publish(self, image: np.ndarray, seq: int) -> None:
+        with self._cond:
+            self._frame = Frame(image, time.monotonic_ns(), seq)
+            self._cond.notify_all()
+
+    def _run_synthetic(self) -> None:
+        start = time.monotonic()
+        seed = sum(self.name.encode())
+        seq = 0
+        while not self._stop.is_set():
+            if self._dead_after_s is not None and time.monotonic() - start >= self._dead_after_s:
+                self.error = f"synthetic source went dead after {self._dead_after_s:g} s (as asked)"
+                return
+            self._publish(synthetic_frame(seq, seed=seed), seq)
+            seq += 1
+            self._stop.wait(max(0.0, start + seq / self.fps - time.monotonic()))
+
+    def _run_opencv(self) -> None:
+        import cv2
+
+        start = time.monotonic()
+        seq = 0
+        while not self._stop.is_set():
+            ok, bgr = self._cap.read()
+            if not ok and self._loop_file:
+                self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                ok, bgr = self._cap.read()
+            if not ok:
+                self.error = f"no frame from {self.source!r} (unplugged or stream ended)"
+                return
+            self._publish(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), seq)
+            seq += 1
+            if self._loop_file:  # devices pace themselves; a file must be paced to its frame rate
+                self._stop.wait(max(0.0, start + seq / self.fps - time.monotonic()))
+
+    def latest(self) -> Frame | None:
+        with self._cond:
+            return self._frame
+
+    def wait_first(self, timeout_s: float) -> Frame:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._frame is None and self.error is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            if self._frame is None:
+                raise UserError(
+                    f"camera {self.name} ({self.source}): no frame within {timeout_s:g} s"
+                    + (f": {self.error}" if self.error else "")
+                )
+            return self._frame
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+
+def parse_camera_specs(specs: list[str]) -> list[tuple[str, str]]:
+    """`NAME=SOURCE` strings -> [(name, source)], in the order given (= prompt order)."""
+    out = []
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        if not sep or not name or not source:
+            raise UserError(f"--camera {spec!r}: expected NAME=SOURCE, e.g. front=0 or wrist=synthetic")
+        if name in {n for n, _ in out}:
+            raise UserError(f"--camera {name} given twice")
+        out.append((name, source))
+    return out
