@@ -1,0 +1,82 @@
+"""`rynn-edge sim`: a simulated SO100 servo bus (6 x STS3215) on a pseudo-terminal."""
+
+from __future__ import annotations
+
+import argparse
+
+from rynn_edge.runtime.errors import UserError
+
+DEFAULT_LINK = "/tmp/rynn-edge-sim/ttySO100"
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from rynn_edge.runtime.sim.faults import SPEC_HELP
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        f"{SPEC_HELP}\n\n"
+        "Prints 'sim ready: LINK' once listening; runs until SIGINT/SIGTERM, then removes LINK.\n"
+        "SIGUSR1 rewrites --state-file at once (it is also rewritten every 0.1 s)."
+    )
+    parser.add_argument(
+        "--link", default=DEFAULT_LINK, help=f"symlink to publish the pty at (default {DEFAULT_LINK})"
+    )
+    parser.add_argument(
+        "--ids", type=_int_list, default=(1, 2, 3, 4, 5, 6), help="servo ids (default 1,2,3,4,5,6)"
+    )
+    parser.add_argument(
+        "--baud", type=int, default=1_000_000, help="bus baud rate in bit/s (default 1000000)"
+    )
+    parser.add_argument(
+        "--wire-time",
+        action="store_true",
+        help="emulate wire time: 10 bits/byte at --baud for request and replies + Return_Delay_Time x 2 us",
+    )
+    parser.add_argument(
+        "--fault", action="append", default=[], metavar="SPEC", help="inject a fault (see below)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random fault schedule (default 0)")
+    parser.add_argument(
+        "--initial-positions",
+        type=_float_list,
+        default=(),
+        metavar="P1,P2,...",
+        help="present position of each servo at power-on, steps (default 2048 each)",
+    )
+    parser.add_argument("--state-file", help="keep a JSON snapshot of every servo here (atomic rewrites)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rynn_edge.runtime.sim.control_table import BAUD_RATES
+    from rynn_edge.runtime.sim.server import SimConfig, Simulator
+
+    if args.baud not in BAUD_RATES.values():
+        raise UserError(f"--baud {args.baud} is not an STS3215 rate; one of {sorted(BAUD_RATES.values())}")
+    if not args.ids or any(not 0 <= i <= 253 for i in args.ids) or len(set(args.ids)) != len(args.ids):
+        raise UserError(f"--ids {args.ids}: need distinct servo ids in 0..253")
+    config = SimConfig(
+        link=args.link,
+        ids=args.ids,
+        baud=args.baud,
+        wire_time=args.wire_time,
+        faults=tuple(args.fault),
+        seed=args.seed,
+        initial_positions=args.initial_positions,
+        state_file=args.state_file,
+    )
+    Simulator(config).serve(lambda link: print(f"sim ready: {link}", flush=True))
+    return 0

@@ -1,0 +1,152 @@
+"""Simulated SO100 servo bus (6 x Feetech STS3215) on a pseudo-terminal, and `launch` to run it from tests.
+
+The simulator always runs as a separate process: in a thread it would share the host's GIL and
+distort exactly the bus timing it is meant to reproduce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+READY_PREFIX = "sim ready: "
+
+
+class SimPort(str):
+    """The published port path (use it wherever a path is expected) plus a handle on the process."""
+
+    process: subprocess.Popen[str]
+    state_file: str
+
+    def state(self, timeout: float = 2.0) -> dict:
+        """A fresh snapshot of every servo: asks the simulator to rewrite its state file and reads it."""
+        before = _read_json(self.state_file).get("seq", 0)
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = _read_json(self.state_file)
+            if state.get("seq", 0) > before:
+                return state
+            time.sleep(0.002)
+        raise TimeoutError(f"simulator did not refresh {self.state_file} within {timeout} s")
+
+    def servo(self, servo_id: int) -> dict:
+        return next(s for s in self.state()["servos"] if s["id"] == servo_id)
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def command(
+    link: str,
+    ids: Iterable[int],
+    *,
+    baud: int,
+    wire_time: bool,
+    faults: Iterable[str],
+    seed: int,
+    initial_positions: Iterable[float] | None,
+    state_file: str | None,
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "rynn_edge.runtime.sim",
+        "--link",
+        link,
+        "--ids",
+        ",".join(map(str, ids)),
+        "--baud",
+        str(baud),
+        "--seed",
+        str(seed),
+    ]
+    if wire_time:
+        cmd.append("--wire-time")
+    for spec in faults:
+        cmd += ["--fault", spec]
+    if initial_positions:
+        cmd += ["--initial-positions", ",".join(map(str, initial_positions))]
+    if state_file:
+        cmd += ["--state-file", state_file]
+    return cmd
+
+
+@contextlib.contextmanager
+def launch(
+    link: str | os.PathLike[str] | None = None,
+    ids: Iterable[int] = (1, 2, 3, 4, 5, 6),
+    *,
+    baud: int = 1_000_000,
+    wire_time: bool = False,
+    faults: Iterable[str] = (),
+    seed: int = 0,
+    initial_positions: Iterable[float] | None = None,
+    state_file: str | os.PathLike[str] | None = None,
+    ready_timeout: float = 10.0,
+) -> Iterator[SimPort]:
+    """Run `rynn-edge sim` as a subprocess; yield its port path once it is listening; stop it on exit.
+
+    `link=None` publishes the port in a fresh temporary folder (safe for parallel tests). The state
+    file (default: next to the link in that folder) backs `SimPort.state()`.
+    """
+    tmp = tempfile.mkdtemp(prefix="rynn-edge-sim-")
+    link = str(link) if link is not None else os.path.join(tmp, "ttySO100")
+    state_file = str(state_file) if state_file is not None else os.path.join(tmp, "state.json")
+    cmd = command(
+        link,
+        ids,
+        baud=baud,
+        wire_time=wire_time,
+        faults=faults,
+        seed=seed,
+        initial_positions=initial_positions,
+        state_file=state_file,
+    )
+    stderr_path = Path(tmp, "stderr.log")
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        _wait_ready(proc, ready_timeout, stderr_path)
+        port = SimPort(link)
+        port.process, port.state_file = proc, state_file
+        yield port
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wait_ready(proc: subprocess.Popen[str], timeout: float, stderr_path: Path) -> None:
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if sel.select(timeout):
+            line = proc.stdout.readline()
+            if line.startswith(READY_PREFIX):
+                return
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"simulator did not start ({' '.join(proc.args)}):\n{stderr_path.read_text()}")

@@ -1,0 +1,24 @@
+"""`python -m rynn_edge.runtime.sim ...` = `rynn-edge sim ...` without loading the other commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rynn_edge.runtime.commands import sim
+from rynn_edge.runtime.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rynn-edge sim", description=__doc__)
+    sim.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return sim.run(args)
+    except UserError as err:
+        print(f"rynn-edge sim: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The simulator process: a pseudo-terminal behind a stable symlink, an event loop, wire timing, faults."""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import json
+import os
+import select
+import signal
+import time
+import tty
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rynn_edge.runtime.errors import UserError
+from rynn_edge.runtime.sim import protocol as p
+from rynn_edge.runtime.sim.bus import Bus
+from rynn_edge.runtime.sim.faults import FaultPlan
+from rynn_edge.runtime.sim.servo import Servo
+
+BITS_PER_BYTE = 10  # 8N1: start + 8 data + stop
+TICK_S = 0.02  # dynamics, timed faults
+STATE_PERIOD_S = 0.1
+
+
+@dataclass
+class SimConfig:
+    link: str
+    ids: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    baud: int = 1_000_000
+    wire_time: bool = False
+    faults: tuple[str, ...] = ()
+    seed: int = 0
+    initial_positions: tuple[float, ...] = ()
+    state_file: str | None = None
+
+
+@dataclass(order=True)
+class _Out:
+    due: float
+    seq: int
+    data: bytes = field(compare=False)
+
+
+@contextlib.contextmanager
+def _pty_link(link: str) -> Iterator[int]:
+    """A raw-mode pty whose slave is published at `link`; yields the master fd, removes the link after."""
+    master, slave = os.openpty()
+    tty.setraw(slave)  # before any host opens it: no echo, no CR/LF translation
+    os.set_blocking(master, False)
+    target = os.ttyname(slave)
+    path = Path(link)
+    if path.exists() and not path.is_symlink():
+        raise UserError(f"{link} exists and is not a symlink; choose another --link")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, path)  # atomic: a host never sees a missing or half-made link
+    try:
+        yield master
+    finally:
+        with contextlib.suppress(OSError):
+            if os.readlink(path) == target:
+                path.unlink()
+        os.close(master)
+        os.close(slave)  # held open all along so the master never sees EIO between host sessions
+
+
+class Simulator:
+    def __init__(self, config: SimConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.t0 = clock()
+        positions = list(config.initial_positions) or [2048.0] * len(config.ids)
+        if len(positions) != len(config.ids):
+            raise UserError(f"--initial-positions has {len(positions)} values for {len(config.ids)} ids")
+        self.bus = Bus(
+            (Servo(i, pos, self.t0) for i, pos in zip(config.ids, positions, strict=True)), config.baud
+        )
+        self.faults = FaultPlan(config.faults, config.seed)
+        self.parser = p.Parser()
+        self.byte_s = BITS_PER_BYTE / config.baud
+        self.bus_free = 0.0
+        self.out: list[_Out] = []
+        self.seq = 0
+        self.requests = 0
+        self.state_seq = 0
+
+    def _elapsed(self, now: float) -> float:
+        return now - self.t0
+
+    def _send(self, due: float, data: bytes) -> None:
+        self.seq += 1
+        heapq.heappush(self.out, _Out(due, self.seq, data))
+
+    def on_bytes(self, data: bytes, now: float) -> None:
+        if self.faults.echo:
+            self._send(now, data)
+        for ins in self.parser.feed(data, now):
+            self.on_request(ins, len(ins.params) + 6, now)
+
+    def on_request(self, ins: p.Instruction, size: int, now: float) -> None:
+        self.requests += 1
+        t = self._elapsed(now)
+        self.tick(now)
+        if self.faults.drop(t):
+            return
+        replies = self.bus.handle(ins, now, self.faults.muted(t))
+        late = self.faults.late_s(t) if replies else 0.0
+        # Wire time: the request occupies the bus, then each servo waits its return delay and sends.
+        end = max(now, self.bus_free) + size * self.byte_s if self.config.wire_time else now
+        for reply in replies:
+            packet = reply.packet
+            if self.faults.corrupt(t):
+                packet = packet[:-1] + bytes([packet[-1] ^ 0xFF])
+            if self.config.wire_time:
+                end += reply.delay_s + len(packet) * self.byte_s
+            self._send(end + late, packet)
+        self.bus_free = end
+
+    def tick(self, now: float) -> None:
+        for servo_id, bits in self.faults.due_errors(self._elapsed(now)):
+            for servo in self.bus.servos:
+                if servo.id == servo_id:
+                    servo.inject(bits, now)
+        self.bus.tick(now)
+
+    def state(self, now: float) -> dict[str, object]:
+        self.tick(now)
+        self.state_seq += 1
+        muted = self.faults.muted(self._elapsed(now))
+        return {
+            "seq": self.state_seq,
+            "time": round(self._elapsed(now), 4),
+            "requests": self.requests,
+            "bad_packets": self.parser.bad_packets,
+            "servos": [{**s.snapshot(), "silent": s.id in muted} for s in self.bus.servos],
+        }
+
+    def write_state(self, now: float) -> None:
+        path = self.config.state_file
+        if path:
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.state(now), f)
+            os.replace(tmp, path)
+
+    def serve(self, ready: Callable[[str], None]) -> None:
+        """Run until SIGINT/SIGTERM. SIGUSR1 rewrites the state file at once."""
+        flags = {"stop": False, "dump": False}
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+
+        def on_stop(_signum: int, _frame: object) -> None:
+            flags["stop"] = True
+
+        def on_dump(_signum: int, _frame: object) -> None:
+            flags["dump"] = True
+
+        previous = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_dump)
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+        try:
+            with _pty_link(self.config.link) as master:
+                self.t0 = self.clock()
+                for servo in self.bus.servos:
+                    servo.last = self.t0
+                self.write_state(self.t0)
+                ready(self.config.link)
+                self._loop(master, wake_r, flags)
+                self.write_state(self.clock())
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def _loop(self, master: int, wake_r: int, flags: dict[str, bool]) -> None:
+        next_tick = next_state = self.clock()
+        while not flags["stop"]:
+            now = self.clock()
+            wake_at = min(next_tick, self.out[0].due if self.out else next_tick)
+            readable, _, _ = select.select([master, wake_r], [], [], max(0.0, wake_at - now))
+            now = self.clock()
+            if master in readable:
+                with contextlib.suppress(BlockingIOError):
+                    self.on_bytes(os.read(master, 4096), now)
+            if wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 512)
+            while self.out and self.out[0].due <= now:
+                with contextlib.suppress(BlockingIOError):  # nobody reading and the buffer is full
+                    os.write(master, heapq.heappop(self.out).data)
+            if now >= next_tick:
+                self.tick(now)
+                next_tick = now + TICK_S
+            if flags["dump"] or now >= next_state:
+                flags["dump"] = False
+                self.write_state(now)
+                next_state = now + STATE_PERIOD_S
