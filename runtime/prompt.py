@@ -169,8 +169,8 @@ def world_model_prompt(
     return _fill(text_tok.turn_pieces(sentence + IMAGE * len(images_codes) + ACTION), media)
 
 
-def decode_action_tokens(tokens: Sequence[int], stats: Stats, action_dim: int) -> np.ndarray:
-    """Generated ids -> actions ``[T, action_dim]`` (float64, de-normalised).
+def action_tokens_to_normalized(tokens: Sequence[int], action_dim: int) -> np.ndarray:
+    """Generated ids -> normalised actions ``[T, action_dim]`` (bin centres in [-1, 1], float64).
 
     Like upstream: a block is the ids between a 10004 and the next 15004 (a later 10004 restarts it, a
     15004 without an open block is ignored, a block left open is dropped). Every id in a block decodes to
@@ -193,7 +193,12 @@ def decode_action_tokens(tokens: Sequence[int], stats: Stats, action_dim: int) -
             start = None
     if not steps:
         return np.zeros((0, action_dim), dtype=np.float64)
-    return denormalize(np.stack(steps), stats.action)
+    return np.stack(steps)
+
+
+def decode_action_tokens(tokens: Sequence[int], stats: Stats, action_dim: int) -> np.ndarray:
+    """Generated ids -> de-normalised actions ``[T, action_dim]`` (float64)."""
+    return denormalize(action_tokens_to_normalized(tokens, action_dim), stats.action)
 
 
 def so100_goals(actions: np.ndarray, state: np.ndarray) -> np.ndarray:
