@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rynn_edge.runtime.errors import UserError
+from rynn_edge.runtime.sim import control_table as ct
 from rynn_edge.runtime.sim import protocol as p
 from rynn_edge.runtime.sim.bus import Bus
 from rynn_edge.runtime.sim.faults import FaultPlan
@@ -77,9 +78,9 @@ class Simulator:
         positions = list(config.initial_positions) or [2048.0] * len(config.ids)
         if len(positions) != len(config.ids):
             raise UserError(f"--initial-positions has {len(positions)} values for {len(config.ids)} ids")
-        self.bus = Bus(
-            (Servo(i, pos, self.t0) for i, pos in zip(config.ids, positions, strict=True)), config.baud
-        )
+        baud_index = next(k for k, v in ct.BAUD_RATES.items() if v == config.baud)
+        servos = (Servo(i, pos, self.t0, baud_index) for i, pos in zip(config.ids, positions, strict=True))
+        self.bus = Bus(servos, config.baud)
         self.faults = FaultPlan(config.faults, config.seed)
         self.parser = p.Parser()
         self.byte_s = BITS_PER_BYTE / config.baud

@@ -20,8 +20,11 @@ class Servo:
     the physical (actual) position is `pos + offset` and stays put when the offset is rewritten.
     """
 
-    def __init__(self, servo_id: int, position: float = 2048.0, now: float = 0.0) -> None:
+    def __init__(
+        self, servo_id: int, position: float = 2048.0, now: float = 0.0, baud_index: int = 0
+    ) -> None:
         self.eprom = ct.factory_table(servo_id)  # what survives a power cycle
+        self.eprom[ct.BAUD_RATE] = baud_index
         self.regs = bytearray(self.eprom)
         self.pos = float(position)
         self.vel = 0.0
