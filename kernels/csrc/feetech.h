@@ -157,6 +157,7 @@ typedef struct {
     int32_t goal[FE_MAX_SERVOS];
     int32_t present[FE_MAX_SERVOS]; /* last valid reading per id */
     int missed[FE_MAX_SERVOS];
+    uint64_t missed_total[FE_MAX_SERVOS], error_count[FE_MAX_SERVOS];
 
     /* status snapshot, guarded by status_lock (the loop only try-locks it) */
     pthread_mutex_t status_lock;

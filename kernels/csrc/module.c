@@ -293,8 +293,10 @@ static PyObject *raise_bus(BusObject *self, int rc, int id, uint8_t instr, int a
     if (addr >= 0) snprintf(where, sizeof where, "%s addr %d", name, addr);
     else snprintf(where, sizeof where, "%s", name);
     if (rc == FE_ETIMEOUT) {
-        PyErr_Format(BusTimeoutError, "no status packet from id %d (%s) on %s after %d attempt(s), timeout %.1f ms",
-                     id, where, port, attempts, (double)self->bus.timeout_ns / 1e6);
+        char timeout[32];
+        snprintf(timeout, sizeof timeout, "%.1f", (double)self->bus.timeout_ns / 1e6);
+        PyErr_Format(BusTimeoutError, "no status packet from id %d (%s) on %s after %d attempt(s), timeout %s ms",
+                     id, where, port, attempts, timeout);
     } else if (rc == FE_ECHECKSUM) {
         PyErr_Format(BusError, "only corrupted status packets (bad checksum) from id %d (%s) on %s after %d attempt(s)",
                      id, where, port, attempts);
@@ -908,10 +910,10 @@ static PyObject *Loop_get_dtype(LoopObject *self, void *c) {
     (void)c;
     if (check_loop(self) < 0) return NULL;
     int K = self->loop.n_ids;
-    return Py_BuildValue("{s:[ssssssssss],s:[sssssss(si)(si)(si)(si)],s:[iiiiiiiiii],s:n}", "names", "cycle",
+    return Py_BuildValue("{s:[ssssssssss],s:[ssssss(si)(si)(si)(si)],s:[iiiiiiiiii],s:n}", "names", "cycle",
                          "deadline_ns", "wake_ns", "bus_done_ns", "period_error_ns", "chunk_id", "present", "goal",
-                         "error", "flags", "formats", "<u8", "<i8", "<i8", "<i8", "<i8", "<i8", "<i4", "<i4", K, "<i4",
-                         K, "u1", K, "u1", K, "offsets", 0, 8, 16, 24, 32, 40, 48, 48 + 4 * K, 48 + 8 * K, 48 + 9 * K,
+                         "error", "flags", "formats", "<u8", "<i8", "<i8", "<i8", "<i8", "<i8", "<i4", K, "<i4", K, "u1",
+                         K, "u1", K, "offsets", 0, 8, 16, 24, 32, 40, 48, 48 + 4 * K, 48 + 8 * K, 48 + 9 * K,
                          "itemsize", (Py_ssize_t)self->loop.record_size);
 }
 
