@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 import yaml
+
 from rynn_edge.runtime.vqgan import VQGAN
 
 TINY_PARAMS = {

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+
     from rynn_edge.runtime.vocab import ImageVocab
 
 
@@ -42,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
     from rynn_edge.runtime.vqgan import VQGAN
 
     model = VQGAN.from_dir(args.vq, trust_pickle=args.trust_pickle)
@@ -69,6 +71,7 @@ def _decode(model: Any, args: argparse.Namespace) -> int:
     import numpy as np
     import torch
     from PIL import Image
+
     from rynn_edge.runtime.errors import UserError
 
     try:
@@ -141,6 +144,7 @@ def codes_from_image_tokens(tokens: np.ndarray, vocab: ImageVocab, *, source: st
 
 def _int_array(values: Any, source: str) -> np.ndarray:
     import numpy as np
+
     from rynn_edge.runtime.errors import UserError
 
     try:
