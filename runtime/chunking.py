@@ -13,19 +13,11 @@ is the goal for time `t0_ns + k * period`; the C loop interpolates between rows 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 POLICIES = ("full", "async")
-
-
-def so100_goals(actions: np.ndarray, query_state: np.ndarray) -> np.ndarray:
-    """SO100 actions -> absolute goals: joints 0-4 are offsets from the query-time state, gripper absolute."""
-    goals = np.asarray(actions, dtype=np.float64).copy()
-    goals[:, :-1] += np.asarray(query_state, dtype=np.float64)[:-1]
-    return goals
 
 
 @dataclass(frozen=True)
@@ -98,7 +90,3 @@ class ChunkScheduler:
         ramp_ns = max(self.current.end_ns(self.period_ns) - now_ns, self.min_blend * self.period_ns)
         w = np.clip((times - now_ns) / ramp_ns, 0.0, 1.0)[:, None]
         return (1 - w) * old + w * goals
-
-    def rows_behind(self, plan: Plan, now_ns: int) -> int:
-        """How many rows of a plan were already in the past when it was submitted (inference latency)."""
-        return max(0, math.ceil((now_ns - plan.t0_ns) / self.period_ns))

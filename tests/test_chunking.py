@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rynn_edge.runtime.chunking import ChunkScheduler, Plan, so100_goals
+from rynn_edge.runtime.chunking import ChunkScheduler, Plan
 
 RATE = 30.0
 PERIOD = round(1e9 / RATE)
@@ -15,17 +15,6 @@ T = 20
 def chunk(start: np.ndarray, velocity: np.ndarray) -> np.ndarray:
     """A straight-line chunk of absolute goals, like a policy moving every joint at constant speed."""
     return start + np.arange(T)[:, None] * velocity
-
-
-def test_so100_goals_offsets_joints_from_query_state_gripper_absolute():
-    state = np.array([10.0, -20.0, 30.0, 5.0, -90.0, 40.0])
-    actions = np.zeros((T, 6))
-    actions[:, 0] = np.linspace(0, 3, T)
-    actions[:, 5] = 55.0
-    goals = so100_goals(actions, state)
-    assert goals[0].tolist() == [10.0, -20.0, 30.0, 5.0, -90.0, 55.0]
-    assert goals[-1, 0] == pytest.approx(13.0)
-    assert (goals[:, 5] == 55.0).all()  # not 40 + 55
 
 
 def test_full_executes_whole_chunk_then_requeries():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rynn_edge.kernels._native import decode_sign_magnitude, encode_sign_magnitude
 from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.robot.calibration import MotorCalibration, NormMode
 
@@ -53,20 +54,16 @@ PRESENT_POSITION = (56, 2)
 STATUS = (65, 1)
 MAXIMUM_ACCELERATION = (85, 1)
 
+# Status / ERR byte bits that mean the servo protected itself (LeRobot's and the loop's fault mask).
+ERROR_BITS = {0x01: "voltage", 0x04: "overheat", 0x08: "overcurrent", 0x20: "overload"}
+FAULT_BITS = sum(ERROR_BITS)
+
 HOMING_SIGN_BIT = 11
 PHASE_MULTI_TURN_BIT = 0x10
 
 
-def encode_sign_magnitude(value: int, sign_bit: int) -> int:
-    magnitude = abs(value)
-    if magnitude >= 1 << sign_bit:
-        raise ValueError(f"magnitude {magnitude} exceeds {(1 << sign_bit) - 1} (sign bit {sign_bit})")
-    return magnitude | (1 << sign_bit) if value < 0 else magnitude
-
-
-def decode_sign_magnitude(raw: int, sign_bit: int) -> int:
-    magnitude = raw & ((1 << sign_bit) - 1)
-    return -magnitude if raw & (1 << sign_bit) else magnitude
+def describe_error(error: int) -> str:
+    return "+".join(name for bit, name in ERROR_BITS.items() if error & bit) or "none"
 
 
 @dataclass(frozen=True)
@@ -77,21 +74,39 @@ class Gains:
 
 
 class Arm:
-    """Register-level access to the arm's servos by motor name."""
+    """Register-level access to the arm's servos by motor name, over a `rynn_edge.kernels` Bus.
+
+    Every access expects a status reply (the Bus retries); a servo that reports a protection bit
+    (overload, overheat, ...) during setup stops it: the arm must be checked and power-cycled.
+    """
 
     def __init__(self, bus, motors: dict[str, int] = MOTORS):
         self.bus = bus
         self.motors = motors
 
+    def _check(self, name: str, error: int) -> None:
+        if error & FAULT_BITS:
+            raise UserError(
+                f"{name} (id {self.motors[name]}) reports error bits 0x{error:02x} "
+                f"({describe_error(error)}); check the joint, then power-cycle the arm"
+            )
+
     def read(self, name: str, reg: tuple[int, int]) -> int:
-        return self.bus.read(self.motors[name], reg[0], reg[1])
+        data, error = self.bus.read(self.motors[name], reg[0], reg[1])
+        self._check(name, error)
+        return int.from_bytes(data, "little")
 
     def write(self, name: str, reg: tuple[int, int], value: int) -> None:
-        self.bus.write(self.motors[name], reg[0], reg[1], value)
+        self._check(name, self.bus.write(self.motors[name], reg[0], value.to_bytes(reg[1], "little")))
 
     def check_models(self) -> None:
         """Every servo answers, is an STS3215, and all run the same firmware (LeRobot's handshake)."""
-        missing = [f"{name} (id {sid})" for name, sid in self.motors.items() if self.bus.ping(sid) is None]
+        missing = []
+        for name, sid in self.motors.items():
+            try:
+                self.bus.ping(sid)
+            except TimeoutError:
+                missing.append(f"{name} (id {sid})")
         if missing:
             raise UserError(f"no answer from {', '.join(missing)}: check power, cable, --port and --baud")
         wrong = {name: m for name in self.motors if (m := self.read(name, MODEL_NUMBER)) != STS3215_MODEL}

@@ -1,0 +1,153 @@
+"""`rynn-edge run`: drive the SO100 arm with a policy (cameras + model + real-time C servo loop)."""
+
+from __future__ import annotations
+
+import argparse
+
+from rynn_edge.runtime.errors import UserError
+
+
+def _pose(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 6 comma-separated numbers, got {text!r}") from None
+    if len(values) != 6:
+        raise argparse.ArgumentTypeError(
+            f"expected 6 values (5 joints in degrees, gripper 0-100), got {text!r}"
+        )
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from rynn_edge.runtime.control import EXIT_CODES_HELP
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "SOURCE: a device index (0), a device path (/dev/video2), a URL (rtsp://...), a video file\n"
+        "(looped), `synthetic` (moving test pattern) or `synthetic:SECONDS` (goes dead after SECONDS).\n"
+        "Cameras are given in the model's prompt order (SO100: front, then wrist).\n"
+        "On every exit the arm holds its pose (or moves to --rest-pose), then torque is switched off on\n"
+        f"every servo that still answers.\n{EXIT_CODES_HELP}."
+    )
+    parser.add_argument(
+        "model", help="exported artifact folder, or a raw checkpoint folder (with --tokenizer/--vq)"
+    )
+    parser.add_argument("--tokenizer", help="tokenizer folder (raw checkpoint only)")
+    parser.add_argument("--vq", help="VQ tokenizer folder (raw checkpoint only)")
+    parser.add_argument("--backend", default="torch", help="inference backend (default torch)")
+    parser.add_argument("--stats", help="normalisation stats: so100 (default), or a stats.json")
+    parser.add_argument("--robot", choices=("so100",), default="so100")
+    parser.add_argument(
+        "--port", required=True, help="servo bus serial port, e.g. /dev/ttyACM0 or the sim's pty"
+    )
+    parser.add_argument("--baud", type=int, default=1_000_000)
+    parser.add_argument(
+        "--port-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after loading the model, wait up to SECONDS for --port to appear (adapter plugged in late)",
+    )
+    parser.add_argument("--calibration", required=True, help="LeRobot calibration JSON of this arm")
+    parser.add_argument(
+        "--camera", action="append", default=[], metavar="NAME=SOURCE", help="a camera (repeat, prompt order)"
+    )
+    parser.add_argument("--instruction", required=True, help="task instruction given to the model")
+    parser.add_argument(
+        "--chunk-policy",
+        choices=("full", "async"),
+        default="full",
+        help="full: run the whole chunk, then re-query (upstream); async: re-plan early and blend",
+    )
+    parser.add_argument(
+        "--async-remaining",
+        type=int,
+        default=8,
+        metavar="K",
+        help="async: query the next chunk when K actions remain (default 8)",
+    )
+    parser.add_argument(
+        "--rate", type=float, default=30.0, help="action rate of the dataset, Hz (default 30)"
+    )
+    parser.add_argument("--loop-rate", type=float, default=100.0, help="servo loop rate, Hz (default 100)")
+    parser.add_argument("--duration", type=float, help="stop after SECONDS (default: until Ctrl-C)")
+    parser.add_argument("--episode-log", help="write every step to this JSON Lines file (crash-safe)")
+    parser.add_argument("--json", action="store_true", help="print the end-of-run summary as one JSON object")
+    parser.add_argument(
+        "--max-speed", type=float, default=180.0, help="goal slew limit, degrees/s per joint (default 180)"
+    )
+    parser.add_argument("--bus-timeout-ms", type=float, default=5.0, help="reply timeout slack (default 5)")
+    parser.add_argument("--bus-retries", type=int, default=2, help="retries of a unicast request (default 2)")
+    parser.add_argument(
+        "--max-missed-cycles",
+        type=int,
+        default=5,
+        help="a servo silent for more consecutive loop cycles is lost (default 5)",
+    )
+    parser.add_argument(
+        "--inference-deadline",
+        type=float,
+        default=3.0,
+        help="a chunk must arrive within SECONDS of its query (default 3)",
+    )
+    parser.add_argument(
+        "--camera-timeout",
+        type=float,
+        default=0.5,
+        help="a camera with no new frame for SECONDS is lost (default 0.5)",
+    )
+    parser.add_argument(
+        "--rest-pose",
+        type=_pose,
+        metavar="J1,..,J5,G",
+        help="on exit move here (degrees, gripper 0-100) before torque off, instead of holding",
+    )
+    parser.add_argument(
+        "--rest-seconds", type=float, default=2.0, help="time to reach --rest-pose (default 2)"
+    )
+    parser.add_argument("--no-status", action="store_true", help="no live status line")
+
+
+def config_from_args(args: argparse.Namespace):
+    from rynn_edge.runtime.cameras import parse_camera_specs
+    from rynn_edge.runtime.control import RunConfig
+
+    if not args.camera:
+        raise UserError("give at least one --camera NAME=SOURCE (SO100 models take front and wrist)")
+    return RunConfig(
+        model=args.model,
+        tokenizer=args.tokenizer,
+        vq=args.vq,
+        backend=args.backend,
+        stats=args.stats,
+        port=args.port,
+        baud=args.baud,
+        calibration=args.calibration,
+        cameras=parse_camera_specs(args.camera),
+        instruction=args.instruction,
+        chunk_policy=args.chunk_policy,
+        async_remaining=args.async_remaining,
+        rate_hz=args.rate,
+        loop_rate_hz=args.loop_rate,
+        duration_s=args.duration,
+        episode_log=args.episode_log,
+        max_speed_deg_s=args.max_speed,
+        bus_timeout_ms=args.bus_timeout_ms,
+        bus_retries=args.bus_retries,
+        max_missed_cycles=args.max_missed_cycles,
+        inference_deadline_s=args.inference_deadline,
+        camera_timeout_s=args.camera_timeout,
+        rest_pose=args.rest_pose,
+        rest_s=args.rest_seconds,
+        status_line=not args.no_status,
+        port_wait_s=args.port_wait,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from rynn_edge.runtime import control
+
+    outcome = control.run(config_from_args(args))
+    control.print_outcome(outcome, args.json)
+    return outcome.reason.code

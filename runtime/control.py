@@ -1,0 +1,505 @@
+"""`rynn-edge run`: cameras + policy + the C servo loop, with a safe stop on every exit path.
+
+Threads: cameras (one each) and inference (the policy's worker) run beside this supervisor; the
+servo loop runs in C on its own thread with absolute deadlines. The supervisor ticks at ~200 Hz:
+it checks faults, logs loop records, feeds observations to the policy and chunks to the loop.
+
+Whatever ends the run (duration reached, Ctrl-C, SIGTERM, a Python exception, a silent servo, an
+error bit, a lost camera, a stalled or failed inference), `_safe_stop` runs: hold the pose (or go
+to the rest pose) while the bus is healthy, stop the loop, then torque off every servo that answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import math
+import signal
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rynn_edge.runtime.cameras import Camera
+from rynn_edge.runtime.chunking import ChunkScheduler
+from rynn_edge.runtime.episode_log import EpisodeLog
+from rynn_edge.runtime.errors import UserError
+from rynn_edge.runtime.robot import so100
+from rynn_edge.runtime.robot.calibration import JointMap, load_calibration
+
+
+class ExitReason(enum.Enum):
+    """Why a run ended, with its process exit code (documented in `rynn-edge run --help`)."""
+
+    COMPLETED = ("completed", 0)
+    SERVO_LOST = ("servo_lost", 3)
+    SERVO_ERROR = ("servo_error", 4)
+    CAMERA_LOST = ("camera_lost", 5)
+    INFERENCE_STALLED = ("inference_stalled", 6)
+    INFERENCE_FAILED = ("inference_failed", 7)
+    BUS_ERROR = ("bus_error", 8)
+    INTERNAL_ERROR = ("internal_error", 9)
+    INTERRUPTED = ("interrupted", 130)
+    TERMINATED = ("terminated", 143)
+
+    @property
+    def label(self) -> str:
+        return self.value[0]
+
+    @property
+    def code(self) -> int:
+        return self.value[1]
+
+
+MOTOR_NAMES = {sid: name for name, sid in so100.MOTORS.items()}
+RECORD_VALID, RECORD_HELD = 1, 2  # drained record flags (kernels: RECORD_VALID, RECORD_HELD)
+EXIT_CODES_HELP = "exit codes: " + ", ".join(f"{r.code} {r.label}" for r in ExitReason) + ", 2 bad input"
+
+
+@dataclass
+class RunConfig:
+    model: str
+    port: str
+    calibration: str
+    cameras: list[tuple[str, str]]
+    instruction: str
+    tokenizer: str | None = None
+    vq: str | None = None
+    backend: str = "torch"
+    stats: str | None = None
+    baud: int = 1_000_000
+    chunk_policy: str = "full"
+    async_remaining: int = 8
+    rate_hz: float = 30.0
+    loop_rate_hz: float = 100.0
+    duration_s: float | None = None
+    episode_log: str | None = None
+    max_speed_deg_s: float = 180.0
+    bus_timeout_ms: float = 5.0
+    bus_retries: int = 2
+    max_missed_cycles: int = 5
+    inference_deadline_s: float = 3.0
+    camera_timeout_s: float = 0.5
+    rest_pose: list[float] | None = None
+    rest_s: float = 2.0
+    hold_s: float = 0.3
+    port_wait_s: float = 0.0
+    status_line: bool = True
+
+
+@dataclass
+class Outcome:
+    reason: ExitReason
+    message: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class _Stop(Exception):
+    def __init__(self, reason: ExitReason, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _percentiles(values: list[float], scale: float = 1.0) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    arr = np.asarray(values, dtype=np.float64) * scale
+    return {
+        "p50": round(float(np.percentile(arr, 50)), 3),
+        "p99": round(float(np.percentile(arr, 99)), 3),
+        "max": round(float(arr.max()), 3),
+    }
+
+
+class Supervisor:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.stack = ExitStack()
+        self.log: EpisodeLog | None = None
+        self.cameras: list[Camera] = []
+        self.policy = None
+        self.bus = None
+        self.loop = None
+        self.joints: JointMap | None = None
+        self.signal_reason: ExitReason | None = None
+        # measurements for the summary
+        self.t_start_ns = 0
+        self.cycles = 0
+        self.first_cycle_ns: int | None = None
+        self.last_cycle_ns: int | None = None
+        self.period_errors_ns: list[int] = []
+        self.latencies_s: list[float] = []
+        self.chunks_executed = 0
+        self.missed: dict[int, int] = {}
+        self.last_present: np.ndarray | None = None
+        self.last_t_ns = 0
+        self.torque_report: dict[str, list[int]] = {}
+
+    # -- signals -----------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signal_reason = ExitReason.INTERRUPTED if signum == signal.SIGINT else ExitReason.TERMINATED
+
+    def _check_signal(self) -> None:
+        if self.signal_reason is not None:
+            how = "Ctrl-C" if self.signal_reason is ExitReason.INTERRUPTED else "SIGTERM"
+            raise _Stop(self.signal_reason, f"stopped by {how}")
+
+    def _install_signals(self) -> None:
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.stack.callback(lambda: [signal.signal(s, h) for s, h in previous.items()])
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        from rynn_edge.kernels import _native as feetech
+        from rynn_edge.runtime.policy import open_policy
+
+        cfg = self.cfg
+        calib = load_calibration(cfg.calibration, list(so100.MOTORS))
+        self.joints = JointMap(calib, so100.NORM_MODES)
+        if cfg.episode_log:
+            self.log = self.stack.enter_context(EpisodeLog(cfg.episode_log))
+        for name, source in cfg.cameras:
+            cam = Camera(name, source, fps=cfg.rate_hz)
+            self.stack.callback(cam.close)
+            self.cameras.append(cam)
+        for cam in self.cameras:
+            cam.wait_first(5.0)
+        # The model loads before the arm is touched: a bad model never leaves servos powered.
+        self.policy = open_policy(
+            cfg.model,
+            instruction=cfg.instruction,
+            tokenizer=cfg.tokenizer,
+            vq=cfg.vq,
+            backend=cfg.backend,
+            stats=cfg.stats,
+        )
+        self.stack.callback(self.policy.close)
+        self._check_signal()
+        if len(cfg.cameras) != getattr(self.policy, "num_images", len(cfg.cameras)):
+            raise UserError(
+                f"the model takes {self.policy.num_images} images; got {len(cfg.cameras)} --camera"
+            )
+        self._wait_for_port()
+        try:
+            self.bus = feetech.Bus(cfg.port, cfg.baud, cfg.bus_timeout_ms, cfg.bus_retries)
+        except OSError as err:
+            raise UserError(f"cannot open the servo bus: {err}") from None
+        self.stack.callback(self.bus.close)
+        arm = so100.Arm(self.bus)
+        rewritten = so100.setup(arm, calib)
+        lower, upper = self.joints.raw_limits()
+        step = math.ceil(cfg.max_speed_deg_s * (so100.RESOLUTION - 1) / 360 / cfg.loop_rate_hz)
+        self.loop = feetech.ControlLoop(
+            self.bus,
+            self.joints.ids,
+            cfg.loop_rate_hz,
+            cfg.rate_hz,
+            lower.tolist(),
+            upper.tolist(),
+            [step] * len(self.joints.ids),
+            max_missed_cycles=cfg.max_missed_cycles,
+            fault_mask=so100.FAULT_BITS,
+        )
+        self._write("start", config=self._config_record(), calibration_rewritten=rewritten, max_step=step)
+        self.loop.start()
+
+    def _wait_for_port(self) -> None:
+        port = Path(self.cfg.port)
+        deadline = time.monotonic() + self.cfg.port_wait_s
+        if not port.exists() and self.cfg.port_wait_s > 0:
+            print(f"rynn-edge run: model ready; waiting for {port}", file=sys.stderr, flush=True)
+        while not port.exists() and time.monotonic() < deadline:
+            self._check_signal()
+            time.sleep(0.05)
+
+    def _config_record(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "model": cfg.model,
+            "port": cfg.port,
+            "cameras": cfg.cameras,
+            "instruction": cfg.instruction,
+            "chunk_policy": cfg.chunk_policy,
+            "rate_hz": cfg.rate_hz,
+            "loop_rate_hz": cfg.loop_rate_hz,
+            "motors": list(so100.MOTORS),
+            "norm_modes": [m.value for m in so100.NORM_MODES.values()],
+        }
+
+    def _write(self, kind: str, **fields: Any) -> None:
+        if self.log is not None:
+            self.log.write(kind, t_ns=time.monotonic_ns(), **fields)
+
+    # -- the supervision loop ------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        assert self.joints is not None
+        records = np.frombuffer(self.loop.drain_records(), np.dtype(self.loop.record_dtype))
+        for rec in records:
+            self.cycles += 1
+            self.first_cycle_ns = self.first_cycle_ns or int(rec["deadline_ns"])
+            self.last_cycle_ns = int(rec["deadline_ns"])
+            self.period_errors_ns.append(int(rec["period_error_ns"]))
+            valid = (rec["flags"] & RECORD_VALID) != 0
+            if valid.all():
+                self.last_present, self.last_t_ns = rec["present"].copy(), int(rec["bus_done_ns"])
+            self._write(
+                "step",
+                cycle=rec["cycle"],
+                deadline_ns=rec["deadline_ns"],
+                period_error_ns=rec["period_error_ns"],
+                read_ns=rec["bus_done_ns"],
+                chunk_id=rec["chunk_id"],
+                held=bool(rec["flags"][0] & RECORD_HELD),
+                valid=valid,
+                servo_error=rec["error"],
+                present_raw=rec["present"],
+                goal_raw=rec["goal"],
+                state=self.joints.to_units(rec["present"]),
+                goal=self.joints.to_units(rec["goal"]),
+            )
+
+    def _check_loop(self) -> None:
+        st = self.loop.status()
+        reason = st["fault_reason"]
+        if not reason:
+            return
+        servo = st["fault_id"]
+        if servo is None:
+            raise _Stop(ExitReason.BUS_ERROR, reason)
+        name = f"{MOTOR_NAMES.get(servo, 'servo')} (id {servo})"
+        k = self.loop.ids.index(servo)
+        if st["valid"][k] and st["errors"][k] > 0:
+            raise _Stop(ExitReason.SERVO_ERROR, f"{name}: {reason}")
+        raise _Stop(ExitReason.SERVO_LOST, f"{name} stopped answering: {reason}")
+
+    def _check_cameras(self, now_ns: int) -> None:
+        for cam in self.cameras:
+            frame = cam.latest()
+            age = (now_ns - frame.t_ns) / 1e9
+            if cam.error or age > self.cfg.camera_timeout_s:
+                why = cam.error or "no new frame"
+                raise _Stop(
+                    ExitReason.CAMERA_LOST,
+                    f"camera {cam.name} ({cam.source}): {why}; last frame {age:.2f} s old",
+                )
+
+    def _supervise(self) -> None:
+        from rynn_edge.runtime.policy import Observation
+
+        cfg = self.cfg
+        assert self.joints is not None
+        sched = ChunkScheduler(
+            cfg.chunk_policy, cfg.rate_hz, self.policy.time_horizon, remaining=cfg.async_remaining
+        )
+        tick_ns = 5_000_000
+        submit_margin_ns = 2 * round(1e9 / cfg.loop_rate_hz)
+        self.t_start_ns = time.monotonic_ns()
+        end_ns = self.t_start_ns + int(cfg.duration_s * 1e9) if cfg.duration_s else None
+        query_since = 0
+        next_status = self.t_start_ns
+        while True:
+            now = time.monotonic_ns()
+            self._check_signal()
+            self._check_loop()
+            self._drain()
+            if end_ns is not None and now >= end_ns:
+                raise _Stop(ExitReason.COMPLETED, f"ran for {cfg.duration_s:g} s")
+            self._check_cameras(now)
+            try:
+                result = self.policy.result(timeout=0)
+            except RuntimeError as err:
+                raise _Stop(ExitReason.INFERENCE_FAILED, str(err)) from err
+            if result is not None:
+                now = time.monotonic_ns()
+                plan = sched.plan(result.goals, result.t_obs_ns, now + submit_margin_ns, result.chunk_id)
+                rows = np.stack([self.joints.to_raw(row) for row in plan.goals])
+                self.loop.submit_chunk(plan.t0_ns, rows, plan.chunk_id)
+                self.latencies_s.append(result.latency_s)
+                self.chunks_executed += 1
+                self._write(
+                    "chunk",
+                    chunk_id=plan.chunk_id,
+                    t_obs_ns=result.t_obs_ns,
+                    t0_ns=plan.t0_ns,
+                    latency_s=result.latency_s,
+                    actions=result.actions,
+                    goals=result.goals,
+                    plan=plan.goals,
+                    plan_raw=rows,
+                )
+            elif sched.in_flight and now - query_since > cfg.inference_deadline_s * 1e9:
+                raise _Stop(
+                    ExitReason.INFERENCE_STALLED,
+                    f"no action chunk {(now - query_since) / 1e9:.2f} s after the query "
+                    f"(deadline {cfg.inference_deadline_s:g} s)",
+                )
+            if sched.should_query(now) and self.last_present is not None:
+                obs = Observation(
+                    images=[cam.latest().image for cam in self.cameras],
+                    state=self.joints.to_units(self.last_present),
+                    t_ns=self.last_t_ns,
+                )
+                self.policy.submit(obs)
+                sched.start_query()
+                query_since = now
+                self._write("query", t_obs_ns=obs.t_ns, state=obs.state)
+            if cfg.status_line and now >= next_status:
+                self._print_status(now)
+                next_status = now + 500_000_000
+            time.sleep(max(0.0, (now + tick_ns - time.monotonic_ns()) / 1e9))
+
+    # -- safe stop -----------------------------------------------------------------------------------
+
+    def _safe_stop(self, reason: ExitReason) -> None:
+        """Hold or go to rest while the loop still runs, stop it, torque off what still answers."""
+        cfg = self.cfg
+        if self.loop is not None:
+            healthy = self.loop.status().get("running") and reason not in (ExitReason.BUS_ERROR,)
+            if healthy and cfg.rest_pose is not None:
+                self._go_to_rest()
+            elif healthy:
+                self.loop.hold()
+                time.sleep(cfg.hold_s)
+            self.loop.stop()
+            self._drain()
+        if self.bus is not None:
+            self.torque_report = self._torque_off()
+
+    def _go_to_rest(self) -> None:
+        assert self.joints is not None and self.last_present is not None
+        cfg = self.cfg
+        start = self.joints.to_units(self.loop.status()["goal"])
+        rows = max(2, int(cfg.rest_s * cfg.rate_hz))
+        path = start + np.linspace(0.0, 1.0, rows)[:, None] * (np.asarray(cfg.rest_pose) - start)
+        self.loop.submit_chunk(time.monotonic_ns(), np.stack([self.joints.to_raw(r) for r in path]), -2)
+        deadline = time.monotonic() + cfg.rest_s + 1.0
+        while time.monotonic() < deadline and self.loop.status().get("running"):
+            time.sleep(0.02)
+
+    def _torque_off(self) -> dict[str, list[int]]:
+        """Broadcast torque off, then confirm servo by servo: the report names who did not answer."""
+        ids = list(so100.MOTORS.values())
+        with contextlib.suppress(OSError):  # the port itself is gone: the confirmation below says so
+            self.bus.torque_off(ids)
+        off, on, silent = [], [], []
+        for sid in ids:
+            try:
+                data, _ = self.bus.read(sid, *so100.TORQUE_ENABLE)
+            except OSError:
+                silent.append(sid)
+                continue
+            if data[0]:
+                # The broadcast was lost on this one: ask it directly (it answered a moment ago).
+                try:
+                    self.bus.write(sid, so100.TORQUE_ENABLE[0], b"\x00")
+                except OSError:
+                    on.append(sid)
+                    continue
+            off.append(sid)
+        return {"torque_off": off, "torque_still_on": on, "no_answer": silent}
+
+    # -- reporting -----------------------------------------------------------------------------------
+
+    def _loop_hz(self) -> float | None:
+        if self.cycles < 2 or self.first_cycle_ns is None or self.last_cycle_ns == self.first_cycle_ns:
+            return None
+        return (self.cycles - 1) / ((self.last_cycle_ns - self.first_cycle_ns) / 1e9)
+
+    def _print_status(self, now_ns: int) -> None:
+        hz = self._loop_hz()
+        jitter = _percentiles(self.period_errors_ns[-200:], 1e-6)["p99"]
+        infer = f"{self.latencies_s[-1] * 1e3:.0f} ms" if self.latencies_s else "-"
+        errors = sum(v.get("timeouts", 0) + v.get("checksum_errors", 0) for v in self._bus_stats().values())
+        line = (
+            f"t {(now_ns - self.t_start_ns) / 1e9:5.1f} s | loop {hz or 0:6.1f} Hz"
+            f" | jitter p99 {jitter or 0:.2f} ms | inference {infer} | chunks {self.chunks_executed}"
+            f" | bus errors {errors}"
+        )
+        end = "\r" if sys.stderr.isatty() else "\n"
+        print(line, end=end, file=sys.stderr, flush=True)
+
+    def _bus_stats(self) -> dict[int, dict[str, int]]:
+        return {} if self.bus is None else self.bus.stats()["per_id"]
+
+    def _per_servo(self, key: str) -> dict[str, int]:
+        if self.loop is None:
+            return {}
+        return dict(zip(MOTOR_NAMES.values(), self.loop.status()[key], strict=True))
+
+    def summary(self, outcome: Outcome) -> dict[str, Any]:
+        return {
+            "exit_reason": outcome.reason.label,
+            "exit_code": outcome.reason.code,
+            "message": outcome.message,
+            "duration_s": round((time.monotonic_ns() - self.t_start_ns) / 1e9, 3) if self.t_start_ns else 0.0,
+            "loop_rate_hz": {"target": self.cfg.loop_rate_hz, "achieved": self._loop_hz()},
+            "period_error_ms": _percentiles(self.period_errors_ns, 1e-6),
+            "inference_latency_ms": {
+                k: v for k, v in _percentiles(self.latencies_s, 1e3).items() if k in ("p50", "p99")
+            },
+            "chunks_executed": self.chunks_executed,
+            "cycles": self.cycles,
+            "missed_cycles": self._per_servo("missed_total"),
+            "servo_error_replies": self._per_servo("error_count"),
+            "bus": {MOTOR_NAMES.get(int(sid), str(sid)): s for sid, s in self._bus_stats().items()},
+            **self.torque_report,
+            "episode_log": self.cfg.episode_log,
+        }
+
+    # -- entry point ---------------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        outcome: Outcome | None = None
+        with self.stack:
+            self._install_signals()
+            try:
+                self._open()
+                self._supervise()
+            except _Stop as stop:
+                outcome = Outcome(stop.reason, stop.message)
+            except KeyboardInterrupt:
+                outcome = Outcome(ExitReason.INTERRUPTED, "stopped by Ctrl-C")
+            except Exception as err:
+                if self.bus is None or isinstance(err, UserError):
+                    raise  # nothing was powered yet, or bad input: the CLI reports it (exit 2)
+                outcome = Outcome(ExitReason.INTERNAL_ERROR, f"{type(err).__name__}: {err}")
+            finally:
+                if self.bus is not None:
+                    self._safe_stop(outcome.reason if outcome else ExitReason.INTERNAL_ERROR)
+            outcome.summary = self.summary(outcome)
+            self._write("end", **outcome.summary)
+        return outcome
+
+
+def run(cfg: RunConfig) -> Outcome:
+    return Supervisor(cfg).run()
+
+
+def print_outcome(outcome: Outcome, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(outcome.summary))
+        return
+    s = outcome.summary
+    lat, err = s["inference_latency_ms"], s["period_error_ms"]
+    hz = s["loop_rate_hz"]["achieved"]
+    print(f"\nrun ended: {s['exit_reason']} (exit {s['exit_code']}): {s['message']}", file=sys.stderr)
+    print(
+        f"  loop {hz or 0:.1f} Hz (target {s['loop_rate_hz']['target']:g}); period error ms p50 {err['p50']} "
+        f"p99 {err['p99']} max {err['max']}"
+    )
+    print(f"  inference ms p50 {lat['p50']} p99 {lat['p99']}; chunks executed {s['chunks_executed']}")
+    for name, st in s["bus"].items():
+        print(f"  {name:14s} " + " ".join(f"{k} {v}" for k, v in st.items()))
+    if "torque_off" in s:
+        print(f"  torque off: ids {s['torque_off']}; no answer: ids {s['no_answer']}")
+    if s.get("episode_log"):
+        print(f"  episode log: {Path(s['episode_log'])}")
