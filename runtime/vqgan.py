@@ -311,6 +311,11 @@ def read_state_dict(ckpt_path: Path, *, trust_pickle: bool = False) -> dict[str,
             "If you trust where this file came from, pass --trust-pickle (trust_pickle=True) to load it "
             "with full unpickling, which can run arbitrary code."
         ) from err
+    except (ImportError, AttributeError) as err:  # full unpickling needs the classes it references
+        raise UserError(
+            f"{ckpt_path}: unpickling needs code that is not installed ({err}); install it, or re-save "
+            "the checkpoint's state_dict as plain tensors"
+        ) from err
     except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
         raise UserError(f"{ckpt_path}: not a readable torch checkpoint: {err}") from err
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
@@ -322,11 +327,11 @@ def load_weights(model: VQGAN, state_dict: dict[str, torch.Tensor], *, source: s
     """Copy the parts `model` uses from `state_dict`, ignoring the rest (loss, discriminator) as upstream's
     strict=False load does, but refuse missing keys and shape mismatches instead of keeping random init."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
+    missing = [k for k in expected if not torch.is_tensor(state_dict.get(k))]
     mismatched = [
         f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+        if k not in missing and state_dict[k].shape != v.shape
     ]
     if missing or mismatched:
         lines = [f"missing key {k} (shape {tuple(expected[k].shape)})" for k in missing[:10]]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +140,21 @@ def test_pickle_with_objects_is_refused_unless_trusted(vq_dir: Path, model: VQGA
     images = smooth_images(1, 256)
     with torch.no_grad():
         assert torch.equal(trusted.encode(images), model.encode(images))
+
+
+def test_trusted_pickle_naming_an_absent_module_is_a_user_error(
+    vq_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "gone_module.py").write_text("class Callback:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    callback = importlib.import_module("gone_module").Callback()
+    pickled = _save_ckpt(vq_dir, tmp_path / "pickled", callbacks=callback)
+    monkeypatch.delitem(sys.modules, "gone_module")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    with pytest.raises(
+        UserError, match=r"vqgan\.ckpt: unpickling needs code that is not installed.*gone_module"
+    ):
+        VQGAN.from_dir(pickled, trust_pickle=True)
 
 
 def test_missing_files_are_named(vq_dir: Path, tmp_path: Path) -> None:
