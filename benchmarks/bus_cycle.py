@@ -137,6 +137,11 @@ def main() -> None:
         "sdk_p50_over_c_p50": rows[2]["p50_us"] / rows[0]["p50_us"],
         "target": "C within 1.3x of the wire floor (p50)",
     }
+    if rows[2]["p50_us"] < floor_s * 1e6:
+        report["note"] = (
+            "SDK p50 is below the physical wire floor: scservo_sdk 1.0.0 never flushes RX before a request, "
+            "so after one late read it keeps consuming the PREVIOUS cycle's replies (one cycle stale)"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bus_cycle.json").write_text(json.dumps(report, indent=2) + "\n")
     with open(RESULTS / "bus_cycle.csv", "w", newline="") as f:
