@@ -11,17 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from torch import nn
+
 from rynn_edge.runtime.action_head import ActionHead
 from rynn_edge.runtime.backbone import ChameleonBackbone
 from rynn_edge.runtime.errors import UserError
-from safetensors import safe_open
-from torch import nn
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 IGNORED_PREFIXES = ("model.vqmodel.",)  # upstream re-creates the unused HF VQ encoder; never needed
 HEAD_PREFIX = "action_head."
 MAX_REPORTED = 20
+CHUNK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,21 @@ def _head_hint(cfg: ModelConfig, stored: dict[str, _Stored]) -> str:
     )
 
 
+def _fill(param: torch.Tensor, path: Path, key: str) -> None:
+    """Copy one stored tensor into `param` in row chunks. The file is opened per chunk because the pages
+    safetensors memory-maps stay resident (and count as ours) until the handle closes; this keeps the
+    overhead at about two chunks instead of a whole shard."""
+    rows = param.shape[0] if param.dim() else 1
+    step = max(1, CHUNK_BYTES // max(1, param[0].numel() * 4 if param.dim() else 4))
+    for start in range(0, rows, step):
+        with safe_open(str(path), framework="pt") as f:
+            sl = f.get_slice(key)
+            if param.dim() == 0:
+                param.copy_(sl[...])
+            else:
+                param[start : start + step].copy_(sl[start : start + step])
+
+
 def load_model(
     model_dir: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
 ) -> tuple[ModelConfig, ChameleonBackbone, ActionHead]:
@@ -250,12 +267,7 @@ def load_model(
     backbone.to_empty(device=device)
     head.to_empty(device=device)
     params = _expected(backbone, head)  # to_empty replaced the meta parameters
-    by_file: dict[Path, list[str]] = {}
-    for key in expected:
-        by_file.setdefault(stored[key].file, []).append(key)
     with torch.no_grad():
-        for path, keys in by_file.items():
-            with safe_open(str(path), framework="pt") as f:
-                for key in keys:
-                    params[key].copy_(f.get_tensor(key))
+        for key, param in params.items():
+            _fill(param, stored[key].file, key)
     return cfg, backbone.eval().requires_grad_(False), head.eval().requires_grad_(False)
