@@ -58,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="present position of each servo at power-on, steps (default 2048 each)",
     )
     parser.add_argument("--state-file", help="keep a JSON snapshot of every servo here (atomic rewrites)")
+    parser.add_argument("--exit-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         initial_positions=args.initial_positions,
         state_file=args.state_file,
+        exit_on_stdin_eof=args.exit_on_stdin_eof,
     )
     Simulator(config).serve(lambda link: print(f"sim ready: {link}", flush=True))
     return 0

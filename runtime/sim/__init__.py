@@ -29,16 +29,21 @@ class SimPort(str):
     state_file: str
 
     def state(self, timeout: float = 2.0) -> dict:
-        """A fresh snapshot of every servo: asks the simulator to rewrite its state file and reads it."""
-        before = _read_json(self.state_file).get("seq", 0)
-        self.process.send_signal(signal.SIGUSR1)
+        """A fresh snapshot of every servo: asks the simulator to rewrite its state file and reads it.
+
+        Two rounds, because the first rewrite may come from a loop pass that started before the
+        host's last bytes reached the pty; the second one starts after them.
+        """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            state = _read_json(self.state_file)
-            if state.get("seq", 0) > before:
-                return state
-            time.sleep(0.002)
-        raise TimeoutError(f"simulator did not refresh {self.state_file} within {timeout} s")
+        state = _read_json(self.state_file)
+        for _ in range(2):
+            seq = state.get("seq", 0)
+            self.process.send_signal(signal.SIGUSR1)
+            while (state := _read_json(self.state_file)).get("seq", 0) <= seq:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"simulator did not refresh {self.state_file} within {timeout} s")
+                time.sleep(0.001)
+        return state
 
     def servo(self, servo_id: int) -> dict:
         return next(s for s in self.state()["servos"] if s["id"] == servo_id)
@@ -75,6 +80,7 @@ def command(
         str(baud),
         "--seed",
         str(seed),
+        "--exit-on-stdin-eof",
     ]
     if wire_time:
         cmd.append("--wire-time")
@@ -120,7 +126,8 @@ def launch(
     )
     stderr_path = Path(tmp, "stderr.log")
     with open(stderr_path, "w") as stderr:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        # stdin is a pipe only this process holds: if it dies without cleaning up, the simulator sees EOF.
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         _wait_ready(proc, ready_timeout, stderr_path)
         port = SimPort(link)
@@ -134,8 +141,9 @@ def launch(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+        for stream in (proc.stdin, proc.stdout):
+            if stream:
+                stream.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

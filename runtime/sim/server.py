@@ -36,6 +36,7 @@ class SimConfig:
     seed: int = 0
     initial_positions: tuple[float, ...] = ()
     state_file: str | None = None
+    exit_on_stdin_eof: bool = False  # set by launch(): the simulator dies with the process that started it
 
 
 @dataclass(order=True)
@@ -71,10 +72,9 @@ def _pty_link(link: str) -> Iterator[int]:
 
 
 class Simulator:
-    def __init__(self, config: SimConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: SimConfig) -> None:
         self.config = config
-        self.clock = clock
-        self.t0 = clock()
+        self.t0 = time.monotonic()
         positions = list(config.initial_positions) or [2048.0] * len(config.ids)
         if len(positions) != len(config.ids):
             raise UserError(f"--initial-positions has {len(positions)} values for {len(config.ids)} ids")
@@ -101,9 +101,9 @@ class Simulator:
         if self.faults.echo:
             self._send(now, data)
         for ins in self.parser.feed(data, now):
-            self.on_request(ins, len(ins.params) + 6, now)
+            self.on_request(ins, now)
 
-    def on_request(self, ins: p.Instruction, size: int, now: float) -> None:
+    def on_request(self, ins: p.Instruction, now: float) -> None:
         self.requests += 1
         t = self._elapsed(now)
         self.tick(now)
@@ -112,6 +112,7 @@ class Simulator:
         replies = self.bus.handle(ins, now, self.faults.muted(t))
         late = self.faults.late_s(t) if replies else 0.0
         # Wire time: the request occupies the bus, then each servo waits its return delay and sends.
+        size = len(ins.params) + 6
         end = max(now, self.bus_free) + size * self.byte_s if self.config.wire_time else now
         for reply in replies:
             packet = reply.packet
@@ -167,13 +168,13 @@ class Simulator:
         old_wakeup = signal.set_wakeup_fd(wake_w)
         try:
             with _pty_link(self.config.link) as master:
-                self.t0 = self.clock()
+                self.t0 = time.monotonic()
                 for servo in self.bus.servos:
                     servo.last = self.t0
                 self.write_state(self.t0)
                 ready(self.config.link)
                 self._loop(master, wake_r, flags)
-                self.write_state(self.clock())
+                self.write_state(time.monotonic())
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for signum, handler in previous.items():
@@ -182,12 +183,15 @@ class Simulator:
             os.close(wake_w)
 
     def _loop(self, master: int, wake_r: int, flags: dict[str, bool]) -> None:
-        next_tick = next_state = self.clock()
+        next_tick = next_state = time.monotonic()
         while not flags["stop"]:
-            now = self.clock()
+            now = time.monotonic()
             wake_at = min(next_tick, self.out[0].due if self.out else next_tick)
-            readable, _, _ = select.select([master, wake_r], [], [], max(0.0, wake_at - now))
-            now = self.clock()
+            watched = [master, wake_r, 0] if self.config.exit_on_stdin_eof else [master, wake_r]
+            readable, _, _ = select.select(watched, [], [], max(0.0, wake_at - now))
+            if 0 in readable and not os.read(0, 512):
+                break
+            now = time.monotonic()
             if master in readable:
                 with contextlib.suppress(BlockingIOError):
                     self.on_bytes(os.read(master, 4096), now)
