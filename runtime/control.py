@@ -82,7 +82,7 @@ class RunConfig:
     max_speed_deg_s: float = 180.0
     bus_timeout_ms: float = 5.0
     bus_retries: int = 2
-    max_missed_cycles: int = 5
+    max_missed_cycles: int = 10
     inference_deadline_s: float = 3.0
     camera_timeout_s: float = 0.5
     rest_pose: list[float] | None = None
@@ -319,8 +319,8 @@ class Supervisor:
             except RuntimeError as err:
                 raise _Stop(ExitReason.INFERENCE_FAILED, str(err)) from err
             if result is not None:
-                now = time.monotonic_ns()
-                plan = sched.plan(result.goals, result.t_obs_ns, now + submit_margin_ns, result.chunk_id)
+                switch_ns = time.monotonic_ns() + submit_margin_ns
+                plan = sched.plan(result.goals, result.t_obs_ns, switch_ns, result.chunk_id)
                 rows = np.stack([self.joints.to_raw(row) for row in plan.goals])
                 self.loop.submit_chunk(plan.t0_ns, rows, plan.chunk_id)
                 self.latencies_s.append(result.latency_s)
@@ -330,6 +330,7 @@ class Supervisor:
                     chunk_id=plan.chunk_id,
                     t_obs_ns=result.t_obs_ns,
                     t0_ns=plan.t0_ns,
+                    switch_ns=switch_ns,
                     latency_s=result.latency_s,
                     actions=result.actions,
                     goals=result.goals,

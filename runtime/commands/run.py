@@ -82,8 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-missed-cycles",
         type=int,
-        default=5,
-        help="a servo silent for more consecutive loop cycles is lost (default 5)",
+        default=10,
+        help="a servo silent for more consecutive loop cycles is lost (default 10: 0.1 s at 100 Hz)",
     )
     parser.add_argument(
         "--inference-deadline",

@@ -176,3 +176,12 @@ def setup(arm: Arm, calib: dict[str, MotorCalibration], gains: Gains = Gains()) 
         arm.write(name, GOAL_POSITION, encode_sign_magnitude(pos, 15))
     arm.torque(True)
     return rewritten
+
+
+def simulator_calibration() -> dict[str, MotorCalibration]:
+    """A calibration for the simulated arm (`rynn-edge sim`): every joint homed at the factory centre
+    2048 (offset 0), ±90° of travel, wrist_roll a full turn, gripper from 2048 (closed) over 90°."""
+    calib = {name: MotorCalibration(sid, 0, 0, 1024, 3072) for name, sid in MOTORS.items()}
+    calib["wrist_roll"] = MotorCalibration(MOTORS["wrist_roll"], 0, 0, 0, 4095)
+    calib["gripper"] = MotorCalibration(MOTORS["gripper"], 0, 0, 2048, 3072)
+    return calib
