@@ -70,6 +70,12 @@ def test_corrupt_reply_fails_the_checksum() -> None:
         assert comm == COMM_SUCCESS and bytes(data) == (777).to_bytes(2, "little")
 
 
+def test_truncated_reply_is_never_taken_for_an_answer() -> None:
+    with sdk(faults=["truncate:1/2"]) as (port, ph, _):
+        assert ph.read1ByteTxRx(port, 1, ct.ID)[1] == COMM_SUCCESS
+        assert ph.read1ByteTxRx(port, 1, ct.ID)[1] in (COMM_RX_TIMEOUT, COMM_RX_CORRUPT)
+
+
 def test_silent_servo_stops_answering_from_its_time() -> None:
     with sdk(faults=["silent:3@0.4"]) as (port, ph, sim):
         assert ph.ping(port, 3)[1] == COMM_SUCCESS

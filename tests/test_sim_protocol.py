@@ -92,7 +92,7 @@ def test_register_semantics_without_a_pty() -> None:
 
 def test_fault_schedule_parsing() -> None:
     plan = FaultPlan(["drop:1/3", "late:80:0.5@1", "silent:4@2.5", "overload:2"], seed=1)
-    assert [plan.drop(0.0) for _ in range(6)] == [False, False, True, False, False, True]
+    assert [plan.hits("drop", 0.0) for _ in range(6)] == [False, False, True, False, False, True]
     assert plan.late_s(0.5) == 0.0
     assert plan.muted(2.0) == frozenset() and plan.muted(2.6) == {4}
     assert plan.due_errors(0.0) == [(2, ct.ERR_OVERLOAD)] and plan.due_errors(1.0) == []

@@ -12,6 +12,7 @@ SPEC_HELP = """\
 fault spec: KIND[:ARG[:RATE]][@T]   (repeat --fault; T = seconds after the ready line, default 0)
   drop[:RATE]       the bus loses a request: no servo executes it, nobody answers (host: timeout)
   corrupt[:RATE]    a status packet goes out with a wrong checksum (host: corrupt packet)
+  truncate[:RATE]   a status packet is cut off after half its bytes (host: timeout or corrupt)
   late:MS[:RATE]    a reply is held back MS milliseconds (longer than the host timeout: a stale reply)
   silent:ID         servo ID stops hearing and answering (cut cable); it keeps its last goal
   overload:ID       servo ID latches error bit 0x20 in Status and every status packet and drops torque
@@ -21,7 +22,7 @@ fault spec: KIND[:ARG[:RATE]][@T]   (repeat --fault; T = seconds after the ready
   Latched errors clear only on REBOOT (0x08) / RESET (0x06), as a power cycle would.
   examples: --fault drop:0.05 --fault corrupt:1/10 --fault silent:3@2.5 --fault late:80:0.1"""
 
-PER_EVENT = ("drop", "corrupt", "late")
+PER_EVENT = ("drop", "corrupt", "truncate", "late")
 PER_SERVO = {"silent": 0, "overload": ct.ERR_OVERLOAD, "overheat": ct.ERR_OVERHEAT}
 KINDS = (*PER_EVENT, *PER_SERVO, "echo")
 
@@ -103,11 +104,9 @@ class FaultPlan:
     def echo(self) -> bool:
         return bool(self._of("echo"))
 
-    def drop(self, now: float) -> bool:
-        return any([f.fires(now) for f in self._of("drop")])  # a list: every schedule advances
-
-    def corrupt(self, now: float) -> bool:
-        return any([f.fires(now) for f in self._of("corrupt")])
+    def hits(self, kind: str, now: float) -> bool:
+        """Does a drop / corrupt / truncate fault hit this event?"""
+        return any([f.fires(now) for f in self._of(kind)])  # a list, not a generator: every schedule advances
 
     def late_s(self, now: float) -> float:
         return max([f.delay_ms / 1000.0 for f in self._of("late") if f.fires(now)], default=0.0)

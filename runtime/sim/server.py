@@ -107,7 +107,7 @@ class Simulator:
         self.requests += 1
         t = self._elapsed(now)
         self.tick(now)
-        if self.faults.drop(t):
+        if self.faults.hits("drop", t):
             return
         replies = self.bus.handle(ins, now, self.faults.muted(t))
         late = self.faults.late_s(t) if replies else 0.0
@@ -116,8 +116,10 @@ class Simulator:
         end = max(now, self.bus_free) + size * self.byte_s if self.config.wire_time else now
         for reply in replies:
             packet = reply.packet
-            if self.faults.corrupt(t):
+            if self.faults.hits("corrupt", t):
                 packet = packet[:-1] + bytes([packet[-1] ^ 0xFF])
+            if self.faults.hits("truncate", t):
+                packet = packet[: len(packet) // 2]
             if self.config.wire_time:
                 end += reply.delay_s + len(packet) * self.byte_s
             self._send(end + late, packet)
