@@ -305,7 +305,7 @@ class Supervisor:
         self.t_start_ns = time.monotonic_ns()
         end_ns = self.t_start_ns + int(cfg.duration_s * 1e9) if cfg.duration_s else None
         query_since = 0
-        next_status = self.t_start_ns
+        next_status = self.t_start_ns + 500_000_000
         while True:
             now = time.monotonic_ns()
             self._check_signal()

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from rynn_edge.runtime.errors import UserError
+
 SYNC_INTERVAL_S = 0.1
 
 
@@ -34,7 +36,12 @@ class EpisodeLog:
     def __init__(self, path: str | Path, sync_interval_s: float = SYNC_INTERVAL_S):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+        try:
+            self._fh = open(self.path, "x", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+        except FileExistsError:
+            raise UserError(
+                f"episode log {self.path} already exists; pick a new path (logs are never overwritten)"
+            ) from None
         self._sync_interval_s = sync_interval_s
         self._last_sync = time.monotonic()
         self.records = 0
