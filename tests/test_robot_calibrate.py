@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-
 from rynn_edge.kernels import _native
 from rynn_edge.runtime.robot import so100
 from rynn_edge.runtime.sim import launch
