@@ -113,15 +113,14 @@ class DecoderLayer(nn.Module):
         mask: Tensor,
         past: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns (x, k, v) with k/v of this call's tokens. `past` = (k_all, v_all, index): write the new
-        k/v into the cache slots at `index` in place and attend over the whole cache."""
+        """Returns (x, k, v) with k/v of this call's tokens. `past` = (cache_k, cache_v, slot [S] bool):
+        attend over the cache as if the new token's k/v sat in `slot` (the cache itself is not modified)."""
         q, k, v = self.self_attn.qkv(self.input_layernorm(x), cos, sin)
         keys, values = k, v
         if past is not None:
-            cache_k, cache_v, index = past
-            cache_k.index_copy_(2, index, k)
-            cache_v.index_copy_(2, index, v)
-            keys, values = cache_k, cache_v
+            cache_k, cache_v, slot = past
+            keys = torch.where(slot[:, None], k, cache_k)
+            values = torch.where(slot[:, None], v, cache_v)
         x = x + self.self_attn.out(q, keys, values, mask)
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, k, v
@@ -204,16 +203,36 @@ class ChameleonBackbone(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         return self.lm_head(hidden).float()
 
+    def decode_step_kv(
+        self,
+        ids: Tensor,
+        positions: Tensor,
+        cache_k: Tensor,
+        cache_v: Tensor,
+        write_index: Tensor | int,
+        key_mask: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Pure form of decode_step for export: reads the cache ([layers, B, heads, S_max, hd]) without
+        writing it and returns (fp32 logits [B, V], k, v [layers, B, heads, 1, hd]) for slot write_index."""
+        x = self.embed_tokens(ids)
+        slot = torch.arange(cache_k.shape[3], device=ids.device) == write_index
+        cos, sin = self._rope(positions, x.dtype)
+        mask = key_mask[:, None, None, :]
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers):
+            x, k, v = layer(x, cos, sin, mask, past=(cache_k[i], cache_v[i], slot))
+            ks.append(k)
+            vs.append(v)
+        return self.logits(self.norm(x))[:, -1], torch.stack(ks), torch.stack(vs)
+
     def decode_step(
         self, ids: Tensor, positions: Tensor, cache: KVCache, write_index: Tensor | int, key_mask: Tensor
     ) -> Tensor:
         """One token per row: ids/positions [B, 1]. Writes its k/v into cache slot `write_index` (in place)
         and attends to exactly the slots where key_mask [B, S_max] is True (include the new slot).
         Returns fp32 logits [B, V]."""
-        x = self.embed_tokens(ids)
+        logits, k, v = self.decode_step_kv(ids, positions, cache.k, cache.v, write_index, key_mask)
         index = torch.as_tensor(write_index, device=ids.device).reshape(1)
-        cos, sin = self._rope(positions, x.dtype)
-        mask = key_mask[:, None, None, :]
-        for i, layer in enumerate(self.layers):
-            x, _, _ = layer(x, cos, sin, mask, past=(cache.k[i], cache.v[i], index))
-        return self.logits(self.norm(x))[:, -1]
+        cache.k.index_copy_(3, index, k)
+        cache.v.index_copy_(3, index, v)
+        return logits

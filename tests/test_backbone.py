@@ -183,3 +183,21 @@ def test_bf16_close_to_fp32(model_dir, model):
     assert h16.dtype == torch.bfloat16 and bb16.logits(h16).dtype == torch.float32
     cos = torch.nn.functional.cosine_similarity(h16.float(), h32, dim=-1)
     assert cos.min() > 0.99
+
+
+def test_decode_step_kv_is_pure_and_equals_decode_step(model):
+    cfg, bb, _ = model
+    ids, pos = ids_and_positions(2, 6, seed=8)
+    _, k, v = bb.prefill_with_kv(ids[:, :5], pos[:, :5], torch.ones(2, 5, dtype=torch.bool))
+    cache = KVCache.from_prompt(k, v, max_len=8)
+    before_k, before_v = cache.k.clone(), cache.v.clone()
+    key_mask = torch.zeros(2, 8, dtype=torch.bool)
+    key_mask[:, :6] = True
+    logits, k_new, v_new = bb.decode_step_kv(
+        ids[:, 5:], pos[:, 5:], cache.k, cache.v, torch.tensor(5), key_mask
+    )
+    assert torch.equal(cache.k, before_k) and torch.equal(cache.v, before_v)
+    assert k_new.shape == (cfg.num_hidden_layers, 2, cfg.num_attention_heads, 1, cfg.head_dim)
+    assert torch.equal(bb.decode_step(ids[:, 5:], pos[:, 5:], cache, 5, key_mask), logits)
+    assert torch.equal(cache.k[:, :, :, 5:6], k_new) and torch.equal(cache.v[:, :, :, 5:6], v_new)
+    assert torch.equal(cache.k[:, :, :, :5], before_k[:, :, :, :5])
