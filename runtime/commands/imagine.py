@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from rynn_edge.runtime.commands.vq import codes_from_image_tokens
     from rynn_edge.runtime.errors import UserError
     from rynn_edge.runtime.stats import load_stats
+    from rynn_edge.runtime.text import WORLD_MODEL_EVAL_SENTENCE, WORLD_MODEL_TRAIN_SENTENCE
 
     sentence = args.prompt
     predictor = open_predictor(args, default_size=512 if sentence != "lerobot" else 256)
@@ -54,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
             f"--action has {action.size} values, the world-model stats expect {len(stats.action.min)}"
         )
     codes = predictor.encode_images(images)
-    ids = prompt.world_model_prompt(predictor.text, sentence, action, list(codes), stats, predictor.vocab)
+    text = WORLD_MODEL_TRAIN_SENTENCE if sentence == "lerobot" else WORLD_MODEL_EVAL_SENTENCE
+    ids = prompt.world_model_prompt(
+        predictor.text, list(codes), action, stats, predictor.vocab, sentence=text
+    )
     model = predictor.backend.step_model()
     grid = predictor.image_size // 16
     if args.unconstrained:
