@@ -208,15 +208,11 @@ def _fill(param: torch.Tensor, path: Path, key: str) -> None:
     """Copy one stored tensor into `param` in row chunks. The file is opened per chunk because the pages
     safetensors memory-maps stay resident (and count as ours) until the handle closes; this keeps the
     overhead at about two chunks instead of a whole shard."""
-    rows = param.shape[0] if param.dim() else 1
-    step = max(1, CHUNK_BYTES // max(1, param[0].numel() * 4 if param.dim() else 4))
-    for start in range(0, rows, step):
+    row_bytes = param[0].numel() * param.element_size()  # every parameter here has at least one dim
+    step = max(1, CHUNK_BYTES // row_bytes)
+    for start in range(0, param.shape[0], step):
         with safe_open(str(path), framework="pt") as f:
-            sl = f.get_slice(key)
-            if param.dim() == 0:
-                param.copy_(sl[...])
-            else:
-                param[start : start + step].copy_(sl[start : start + step])
+            param[start : start + step].copy_(f.get_slice(key)[start : start + step])
 
 
 def load_model(
