@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -139,6 +138,8 @@ def test_seed_makes_the_random_schedule_repeatable() -> None:
 
 
 def sync_read_ms(port: PortHandler, ph: PacketHandler, n: int = 15) -> float:
+    """The fastest of n sync-reads of Present_Position from all six servos: load only adds time, so the
+    minimum is the measure that the wire-time floor must hold for."""
     group = GroupSyncRead(port, ph, ct.PRESENT_POSITION, 2)
     for i in IDS:
         group.addParam(i)
@@ -147,7 +148,7 @@ def sync_read_ms(port: PortHandler, ph: PacketHandler, n: int = 15) -> float:
         t0 = time.perf_counter()
         assert group.txRxPacket() == COMM_SUCCESS
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return min(times)
 
 
 def test_wire_time_makes_sync_read_take_the_bus_time() -> None:
@@ -157,8 +158,8 @@ def test_wire_time_makes_sync_read_take_the_bus_time() -> None:
         for i in IDS:
             assert ph.write1ByteTxRx(port, i, ct.RETURN_DELAY_TIME, 0)[1] == COMM_SUCCESS
         zero_delay = sync_read_ms(port, ph)
-    assert factory >= 0.62 + 6 * 0.5
-    assert 0.62 <= zero_delay < factory - 2.0
+    assert factory >= 0.62 + 6 * 0.5, factory
+    assert 0.62 <= zero_delay < factory - 2.5, (zero_delay, factory)
     with sdk(wire_time=True, baud=500_000) as (port, ph, _):
         for i in IDS:
             assert ph.write1ByteTxRx(port, i, ct.RETURN_DELAY_TIME, 0)[1] == COMM_SUCCESS
