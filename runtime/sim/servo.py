@@ -14,7 +14,7 @@ MAX_SUBSTEP_S = 0.002
 
 
 class Servo:
-    """Register file + first-order-in-acceleration (trapezoidal) motion toward Goal_Position.
+    """Register file + trapezoidal-velocity motion (bounded speed and acceleration) toward Goal_Position.
 
     `pos` is the present position in the homing-offset frame (Present = Actual - Homing_Offset);
     the physical (actual) position is `pos + offset` and stays put when the offset is rewritten.
