@@ -77,16 +77,21 @@ class ChunkScheduler:
         if self.policy == "full" or self.current is None:
             plan = Plan(now_ns, goals, chunk_id)
         else:
-            plan = Plan(t_obs_ns, self._blend(goals, t_obs_ns, now_ns), chunk_id)
+            plan = self._blend(Plan(t_obs_ns, goals, chunk_id), now_ns)
         self.current = plan
         return plan
 
-    def _blend(self, goals: np.ndarray, t_obs_ns: int, now_ns: int) -> np.ndarray:
+    def _blend(self, new: Plan, now_ns: int) -> Plan:
         assert self.current is not None
-        times = t_obs_ns + np.arange(len(goals)) * self.period_ns
-        old = self.current.at(times, self.period_ns)
-        # Ramp over what is left of the old plan, but never shorter than min_blend rows, so a late chunk
-        # (old plan already finished and holding) still eases in instead of stepping.
-        ramp_ns = max(self.current.end_ns(self.period_ns) - now_ns, self.min_blend * self.period_ns)
+        p = self.period_ns
+        # Resample the new chunk on a row grid through now_ns: the loop interpolates linearly between
+        # rows, so only a row exactly at the switch instant makes the commanded goal continuous there.
+        behind = max(0, -(-(now_ns - new.t0_ns) // p))
+        t0 = now_ns - behind * p
+        times = t0 + np.arange(len(new.goals) + 1) * p  # one more row: the grid still spans the whole chunk
+        old, fresh = self.current.at(times, p), new.at(times, p)
+        # Ramp over what is left of the old plan (whole rows), but never shorter than min_blend rows, so
+        # a late chunk (old plan already finished and holding) still eases in instead of stepping.
+        ramp_ns = max(-(-(self.current.end_ns(p) - now_ns) // p), self.min_blend) * p
         w = np.clip((times - now_ns) / ramp_ns, 0.0, 1.0)[:, None]
-        return (1 - w) * old + w * goals
+        return Plan(t0, (1 - w) * old + w * fresh, new.chunk_id)

@@ -56,6 +56,8 @@ class ExitReason(enum.Enum):
         return self.value[1]
 
 
+REST_CHUNK_ID = -2  # chunk id of the move to the rest pose in the episode log
+REST_TOLERANCE_TICKS = 3
 MOTOR_NAMES = {sid: name for name, sid in so100.MOTORS.items()}
 RECORD_VALID, RECORD_HELD = 1, 2  # drained record flags (kernels: RECORD_VALID, RECORD_HELD)
 EXIT_CODES_HELP = "exit codes: " + ", ".join(f"{r.code} {r.label}" for r in ExitReason) + ", 2 bad input"
@@ -79,6 +81,7 @@ class RunConfig:
     loop_rate_hz: float = 100.0
     duration_s: float | None = None
     episode_log: str | None = None
+    log_frames: bool = False
     max_speed_deg_s: float = 180.0
     bus_timeout_ms: float = 5.0
     bus_retries: int = 2
@@ -349,10 +352,14 @@ class Supervisor:
                     state=self.joints.to_units(self.last_present),
                     t_ns=self.last_t_ns,
                 )
-                self.policy.submit(obs)
+                chunk_id = self.policy.submit(obs)
                 sched.start_query()
                 query_since = now
-                self._write("query", t_obs_ns=obs.t_ns, state=obs.state)
+                frames = None
+                if cfg.log_frames and self.log is not None:
+                    images = dict(zip((cam.name for cam in self.cameras), obs.images, strict=True))
+                    frames = self.log.save_frames(f"chunk{chunk_id:06d}", images)
+                self._write("query", chunk_id=chunk_id, t_obs_ns=obs.t_ns, state=obs.state, frames=frames)
             if cfg.status_line and now >= next_status:
                 self._print_status(now)
                 next_status = now + 500_000_000
@@ -376,14 +383,19 @@ class Supervisor:
             self.torque_report = self._torque_off()
 
     def _go_to_rest(self) -> None:
-        assert self.joints is not None and self.last_present is not None
+        """A straight line to the rest pose over rest_s; returns once the servos are there (or 1 s late)."""
+        assert self.joints is not None
         cfg = self.cfg
         start = self.joints.to_units(self.loop.status()["goal"])
         rows = max(2, int(cfg.rest_s * cfg.rate_hz))
         path = start + np.linspace(0.0, 1.0, rows)[:, None] * (np.asarray(cfg.rest_pose) - start)
-        self.loop.submit_chunk(time.monotonic_ns(), np.stack([self.joints.to_raw(r) for r in path]), -2)
+        raw = np.stack([self.joints.to_raw(r) for r in path])
+        self.loop.submit_chunk(time.monotonic_ns(), raw, REST_CHUNK_ID)
         deadline = time.monotonic() + cfg.rest_s + 1.0
-        while time.monotonic() < deadline and self.loop.status().get("running"):
+        while time.monotonic() < deadline:
+            st = self.loop.status()
+            if not st["running"] or np.abs(np.asarray(st["present"]) - raw[-1]).max() <= REST_TOLERANCE_TICKS:
+                break
             time.sleep(0.02)
 
     def _torque_off(self) -> dict[str, list[int]]:

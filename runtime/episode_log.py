@@ -5,7 +5,8 @@ skips a truncated final line (the only place a torn write can be) and rejects da
 
 Record kinds (field `kind`): `start` (configuration), `step` (one servo-loop cycle: timestamps, state,
 goal sent, chunk id), `chunk` (one inference: observation time, latency, goals), `event` (fault,
-camera loss, ...), `end` (exit reason and summary).
+camera loss, ...), `end` (exit reason and summary). Camera frames, when asked for, go to JPEG files
+in `<log>.frames/`, named in the record of the query that used them.
 """
 
 from __future__ import annotations
@@ -51,6 +52,19 @@ class EpisodeLog:
         self.records += 1
         if time.monotonic() - self._last_sync >= self._sync_interval_s:
             self.sync()
+
+    def save_frames(self, stem: str, images: dict[str, np.ndarray]) -> list[str]:
+        """Camera frames (RGB) as JPEG files in `<log>.frames/`; returns their paths relative to the log."""
+        import cv2
+
+        folder = self.path.with_name(self.path.name + ".frames")
+        folder.mkdir(exist_ok=True)
+        names = []
+        for camera, image in images.items():
+            name = f"{stem}_{camera}.jpg"
+            cv2.imwrite(str(folder / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            names.append(f"{folder.name}/{name}")
+        return names
 
     def sync(self) -> None:
         self._fh.flush()

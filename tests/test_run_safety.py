@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -111,7 +112,7 @@ def bundle(so100_bundle):
 
 
 def test_normal_end_full_chunks(bundle, tmp_path):
-    r = run_against_sim(bundle, tmp_path, duration=3.0)
+    r = run_against_sim(bundle, tmp_path, duration=3.0, extra=("--log-frames",))
     check_safe_state(r, "completed", 0)
     s = r.summary
     assert s["chunks_executed"] >= 1 and s["loop_rate_hz"]["achieved"] == pytest.approx(50, rel=0.05)
@@ -123,6 +124,11 @@ def test_normal_end_full_chunks(bundle, tmp_path):
         assert np.allclose(goals[:, :5], state[:5] + actions[:, :5]) and np.allclose(
             goals[:, 5], actions[:, 5]
         )
+    for q in (x for x in r.log if x["kind"] == "query"):  # the frames each query saw, as JPEG files
+        assert [Path(f).name for f in q["frames"]] == [
+            f"chunk{q['chunk_id']:06d}_{c}.jpg" for c in ("front", "wrist")
+        ]
+        assert all(cv2.imread(str(tmp_path / f)).shape == (240, 320, 3) for f in q["frames"])
     # The arm followed the first chunk: the simulated servos moved to its (clamped) goals.
     steps = [x for x in r.log if x["kind"] == "step" and x["chunk_id"] == chunks[0]["chunk_id"]]
     assert steps and any(x["goal_raw"] != steps[0]["goal_raw"] for x in steps)
@@ -130,7 +136,7 @@ def test_normal_end_full_chunks(bundle, tmp_path):
 
 def test_async_chunks_switch_without_a_jump(bundle, tmp_path):
     r = run_against_sim(
-        bundle, tmp_path, duration=6.0, extra=("--chunk-policy", "async", "--async-remaining", "15")
+        bundle, tmp_path, duration=4.0, extra=("--chunk-policy", "async", "--async-remaining", "15")
     )
     check_safe_state(r, "completed", 0)
     chunks = [c for c in r.log if c["kind"] == "chunk"]
@@ -152,7 +158,7 @@ def test_async_chunks_switch_without_a_jump(bundle, tmp_path):
     [("drop:0.05", "timeouts"), ("corrupt:0.05", "checksum_errors"), ("late:60:0.05", "timeouts")],
 )
 def test_transient_bus_faults_are_retried_and_counted(bundle, tmp_path, fault, counter):
-    r = run_against_sim(bundle, tmp_path, faults=(fault,), duration=2.5)
+    r = run_against_sim(bundle, tmp_path, faults=(fault,), duration=2.0)
     check_safe_state(r, "completed", 0)
     assert sum(s[counter] for s in r.summary["bus"].values()) > 0
     assert r.summary["chunks_executed"] >= 1
@@ -183,10 +189,15 @@ def test_inference_stalled(bundle, tmp_path):
     assert "deadline 0.02 s" in r.summary["message"]
 
 
-def test_sigterm(bundle, tmp_path):
-    r = run_against_sim(bundle, tmp_path, duration=60.0, signal_after_chunks=1)
+def test_sigterm_goes_to_the_rest_pose_then_torque_off(bundle, tmp_path):
+    rest = [10.0, -20.0, 15.0, 0.0, 30.0, 40.0]  # degrees, gripper 0-100
+    extra = ("--rest-pose", ",".join(map(str, rest)), "--rest-seconds", "0.5")
+    r = run_against_sim(bundle, tmp_path, duration=60.0, extra=extra, signal_after_chunks=1)
     check_safe_state(r, "terminated", 143)
     assert r.summary["chunks_executed"] >= 1
+    last = [x for x in r.log if x["kind"] == "step"][-1]
+    assert np.allclose(last["goal"], rest, atol=0.1)  # within one tick
+    assert np.allclose(last["state"], rest, atol=0.5)  # and the arm got there before torque off
 
 
 def test_exit_codes_are_documented():

@@ -73,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loop-rate", type=float, default=100.0, help="servo loop rate, Hz (default 100)")
     parser.add_argument("--duration", type=float, help="stop after SECONDS (default: until Ctrl-C)")
     parser.add_argument("--episode-log", help="write every step to this JSON Lines file (crash-safe)")
+    parser.add_argument(
+        "--log-frames",
+        action="store_true",
+        help="also save the camera frames of each query (JPEG, beside the log)",
+    )
     parser.add_argument("--json", action="store_true", help="print the end-of-run summary as one JSON object")
     parser.add_argument(
         "--max-speed", type=float, default=180.0, help="goal slew limit, degrees/s per joint (default 180)"
@@ -132,6 +137,7 @@ def config_from_args(args: argparse.Namespace):
         loop_rate_hz=args.loop_rate,
         duration_s=args.duration,
         episode_log=args.episode_log,
+        log_frames=args.log_frames,
         max_speed_deg_s=args.max_speed,
         bus_timeout_ms=args.bus_timeout_ms,
         bus_retries=args.bus_retries,
