@@ -164,3 +164,7 @@ def test_wire_time_makes_sync_read_take_the_bus_time() -> None:
         for i in IDS:
             assert ph.write1ByteTxRx(port, i, ct.RETURN_DELAY_TIME, 0)[1] == COMM_SUCCESS
         assert sync_read_ms(port, ph) >= 1.24
+    with sdk(wire_time=True, turnaround_us=400) as (port, ph, _):
+        for i in IDS:
+            assert ph.write1ByteTxRx(port, i, ct.RETURN_DELAY_TIME, 0)[1] == COMM_SUCCESS
+        assert sync_read_ms(port, ph) >= 0.62 + 6 * 0.4

@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="emulate wire time: 10 bits/byte at --baud for request and replies + Return_Delay_Time x 2 us",
     )
     parser.add_argument(
+        "--turnaround-us",
+        type=float,
+        default=0.0,
+        help="with --wire-time: extra turnaround per reply in us, to match a measured arm (default 0)",
+    )
+    parser.add_argument(
         "--fault", action="append", default=[], metavar="SPEC", help="inject a fault (see below)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random fault schedule (default 0)")
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         ids=args.ids,
         baud=args.baud,
         wire_time=args.wire_time,
+        turnaround_us=args.turnaround_us,
         faults=tuple(args.fault),
         seed=args.seed,
         initial_positions=args.initial_positions,

@@ -37,6 +37,8 @@ class SimPort(str):
         deadline = time.monotonic() + timeout
         state = _read_json(self.state_file)
         for _ in range(2):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"simulator exited with code {self.process.returncode}")
             seq = state.get("seq", 0)
             self.process.send_signal(signal.SIGUSR1)
             while (state := _read_json(self.state_file)).get("seq", 0) <= seq:
@@ -63,6 +65,7 @@ def command(
     *,
     baud: int,
     wire_time: bool,
+    turnaround_us: float,
     faults: Iterable[str],
     seed: int,
     initial_positions: Iterable[float] | None,
@@ -83,7 +86,7 @@ def command(
         "--exit-on-stdin-eof",
     ]
     if wire_time:
-        cmd.append("--wire-time")
+        cmd += ["--wire-time", "--turnaround-us", str(turnaround_us)]
     for spec in faults:
         cmd += ["--fault", spec]
     if initial_positions:
@@ -100,6 +103,7 @@ def launch(
     *,
     baud: int = 1_000_000,
     wire_time: bool = False,
+    turnaround_us: float = 0.0,
     faults: Iterable[str] = (),
     seed: int = 0,
     initial_positions: Iterable[float] | None = None,
@@ -119,6 +123,7 @@ def launch(
         ids,
         baud=baud,
         wire_time=wire_time,
+        turnaround_us=turnaround_us,
         faults=faults,
         seed=seed,
         initial_positions=initial_positions,

@@ -32,6 +32,7 @@ class SimConfig:
     ids: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
     baud: int = 1_000_000
     wire_time: bool = False
+    turnaround_us: float = 0.0  # firmware turnaround on top of Return_Delay_Time (wire-time mode)
     faults: tuple[str, ...] = ()
     seed: int = 0
     initial_positions: tuple[float, ...] = ()
@@ -121,7 +122,7 @@ class Simulator:
             if self.faults.hits("truncate", t):
                 packet = packet[: len(packet) // 2]
             if self.config.wire_time:
-                end += reply.delay_s + len(packet) * self.byte_s
+                end += reply.delay_s + self.config.turnaround_us * 1e-6 + len(packet) * self.byte_s
             self._send(end + late, packet)
         self.bus_free = end
 
