@@ -15,8 +15,14 @@ from rynn_edge.runtime.errors import UserError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "predict": ("rynn_edge.runtime.commands.predict", "one action chunk from images, state and an instruction"),
-    "imagine": ("rynn_edge.runtime.commands.imagine", "world model: generate the next image(s) from image(s) + action"),
+    "predict": (
+        "rynn_edge.runtime.commands.predict",
+        "one action chunk from images, state and an instruction",
+    ),
+    "imagine": (
+        "rynn_edge.runtime.commands.imagine",
+        "world model: generate the next image(s) from image(s) + action",
+    ),
     "vq": ("rynn_edge.runtime.commands.vq", "encode an image to VQ codes or decode codes to an image"),
     "make-tiny-checkpoint": (
         "rynn_edge.runtime.commands.make_tiny",
@@ -37,7 +43,9 @@ def _available() -> dict[str, tuple[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rynn-edge", description="Edge runtime for RynnVLA-002 on the SO100 arm.")
+    parser = argparse.ArgumentParser(
+        prog="rynn-edge", description="Edge runtime for RynnVLA-002 on the SO100 arm."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in _available().items():
         module = importlib.import_module(module_name)
