@@ -137,7 +137,24 @@ def open_predictor(
     image_size: int = 256,
     trust_pickle: bool = False,
 ) -> Predictor:
-    """A predictor over a raw checkpoint (needs the tokenizer and vq folders) with the given backend."""
+    """A predictor over a raw checkpoint (needs the tokenizer and vq folders) with the torch backend, or
+    over an exported artifact folder (it carries the tokenizer, token table and stats) with onnxruntime."""
+    from rynn_edge.runtime.artifact import Artifact
+
+    if Artifact.is_artifact(model):
+        if backend != "onnxruntime":
+            raise UserError(f"{model} is an exported artifact: run it with --backend onnxruntime")
+        from rynn_edge.runtime.backend_onnxruntime import OnnxRuntimeBackend
+
+        # The ONNX graphs run on any machine: the GPU/TensorRT checks only concern engines.
+        artifact = Artifact.open(model, check_device=False)
+        return Predictor.open(
+            OnnxRuntimeBackend(artifact),
+            tokenizer or artifact.asset("tokenizer"),
+            vq or artifact.asset("image_vocab").parent,
+            stats=stats or artifact.asset("stats"),
+            image_size=image_size,
+        )
     from rynn_edge.runtime.backend_torch import TorchBackend
 
     if backend != "torch":

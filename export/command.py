@@ -1,0 +1,101 @@
+"""`rynn-edge export`: checkpoint -> ONNX graphs (and TensorRT engines) + manifest with an accuracy report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4", "fp8")
+STAGES = ("vq_encoder", "backbone_prefill", "action_head", "backbone_decode", "vq_decoder")
+
+CALIBRATION_HELP = (
+    "recorded queries: DIR/samples.jsonl ({images: [paths], state: [...], instruction}) or a LeRobot-style "
+    "episode (DIR/episode.jsonl + DIR/images/<camera>/frame_NNNNNN.png); default: synthetic frames"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", type=Path, metavar="MODEL_DIR", help="checkpoint folder (HF save_pretrained)"
+    )
+    parser.add_argument("--tokenizer", type=Path, required=True, help="HF tokenizer folder (tokenizer.json)")
+    parser.add_argument(
+        "--vq", type=Path, required=True, help="VQGAN folder (vqgan.yaml, vqgan.ckpt, text_tokenizer.json)"
+    )
+    parser.add_argument("-o", "--out", type=Path, required=True, help="artifact folder to write")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fp16", help="backbone precision (default fp16)"
+    )
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to export")
+    parser.add_argument(
+        "--stage-precision",
+        action="append",
+        default=[],
+        metavar="STAGE=PREC",
+        help="per-stage override, e.g. vq_encoder=fp32 (VQ quantizer distances are always fp32)",
+    )
+    parser.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime")
+    parser.add_argument("--calibration-data", type=Path, metavar="DIR", help=CALIBRATION_HELP)
+    parser.add_argument(
+        "--stats", help="so100 | libero | stats.json written into the artifact (default: by action_dim)"
+    )
+    parser.add_argument("--format", choices=("triton",), help="also write an NVIDIA Triton model repository")
+    parser.add_argument(
+        "--allow-accuracy-loss", action="store_true", help="warn instead of failing on thresholds"
+    )
+    parser.add_argument(
+        "--hardware-compatible", action="store_true", help="TensorRT: Ampere+ compatible engines"
+    )
+    parser.add_argument(
+        "--version-compatible", action="store_true", help="TensorRT: version-compatible engines"
+    )
+    parser.add_argument(
+        "--timing-cache", type=Path, help="TensorRT timing cache to reuse (default: OUT/timing.cache)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the manifest's accuracy report as JSON")
+
+
+def _stage_precision(items: list[str]) -> dict[str, str]:
+    from rynn_edge.runtime.errors import UserError
+
+    out = {}
+    for item in items:
+        stage, sep, precision = item.partition("=")
+        if not sep:
+            raise UserError(f"--stage-precision {item!r}: expected STAGE=PRECISION, e.g. vq_encoder=fp32")
+        out[stage] = precision
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from rynn_edge.export.pipeline import Options, export
+
+    manifest = export(
+        Options(
+            model=args.model,
+            tokenizer=args.tokenizer,
+            vq=args.vq,
+            out=args.out,
+            precision=args.precision,
+            stages=tuple(args.stages),
+            stage_precision=_stage_precision(args.stage_precision),
+            target=args.target,
+            calibration_data=args.calibration_data,
+            stats=args.stats,
+            triton=args.format == "triton",
+            allow_accuracy_loss=args.allow_accuracy_loss,
+            hardware_compatible=args.hardware_compatible,
+            version_compatible=args.version_compatible,
+            timing_cache=args.timing_cache,
+        )
+    )
+    if args.json:
+        print(json.dumps(manifest["accuracy"]))
+        return 0
+    print(f"wrote {args.out} ({len(manifest['files'])} files, {manifest['export_seconds']} s)")
+    for metric, entry in manifest["accuracy"]["metrics"].items():
+        verdict = "" if "passed" not in entry else ("ok" if entry["passed"] else "FAILED")
+        limit = f" (threshold {entry['threshold']:g})" if "threshold" in entry else ""
+        print(f"  {metric:24s} {entry['value']:.6g}{limit} {verdict}")
+    return 0

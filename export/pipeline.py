@@ -1,0 +1,508 @@
+"""checkpoint -> artifact folder: reference run, ONNX export, quantization, accuracy, engines, manifest.
+
+Phases run one after another and free what they loaded, so peak memory stays near the largest
+single phase: (1) the fp32 torch reference on calibration/held-out queries (and calibration
+statistics), (2) each stage's export in its own dtype, (3) onnxruntime over the written graphs for
+the accuracy report, (4) optional TensorRT engines and a Triton model repository.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from rynn_edge.export import accuracy, calibration, onnx_graphs, quantize, tensorrt_build, triton
+from rynn_edge.export.command import PRECISIONS, STAGES
+from rynn_edge.export.onnx_graphs import Dim
+from rynn_edge.runtime import decoding
+from rynn_edge.runtime.artifact import MANIFEST, Artifact, local_gpu, write_manifest
+from rynn_edge.runtime.backend_onnxruntime import OnnxRuntimeBackend
+from rynn_edge.runtime.checkpoint import ModelConfig, load_model
+from rynn_edge.runtime.errors import UserError
+from rynn_edge.runtime.images import to_model_input
+from rynn_edge.runtime.predictor import IMAGE_COUNTS, Predictor, robot_for
+from rynn_edge.runtime.stats import load_stats
+from rynn_edge.runtime.vqgan import VQGAN
+
+VQ_SIZES = (256, 512)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# Longest generation the decode profile covers: one 512-px image (3 + 32*33 + 1 tokens) + separator.
+MAX_NEW_TOKENS = 3 + 32 * 33 + 1 + 1
+
+
+@dataclass
+class Options:
+    model: Path
+    tokenizer: Path
+    vq: Path
+    out: Path
+    precision: str = "fp16"
+    stages: tuple[str, ...] = STAGES
+    stage_precision: dict[str, str] = field(default_factory=dict)
+    target: str = "onnxruntime"
+    calibration_data: Path | None = None
+    stats: str | None = None
+    triton: bool = False
+    allow_accuracy_loss: bool = False
+    hardware_compatible: bool = False
+    version_compatible: bool = False
+    timing_cache: Path | None = None
+
+
+def stage_precisions(opts: Options) -> dict[str, str]:
+    """Backbone graphs take --precision; the VQGAN takes fp16 for every lower precision (Orin has no
+    FP8 convs worth it and INT8 VQ flips codes); the action head stays fp32 (it is tiny)."""
+    low = "fp32" if opts.precision == "fp32" else "fp16"
+    chosen = {
+        "vq_encoder": low,
+        "vq_decoder": low,
+        "action_head": "fp32",
+        "backbone_prefill": opts.precision,
+        "backbone_decode": opts.precision,
+    }
+    for stage, precision in opts.stage_precision.items():
+        allowed = PRECISIONS if stage.startswith("backbone") else ("fp32", "fp16")
+        if stage not in chosen or precision not in allowed:
+            raise UserError(
+                f"--stage-precision {stage}={precision}: stages {', '.join(chosen)}; "
+                f"backbone stages take {'|'.join(PRECISIONS)}, the others fp32|fp16"
+            )
+        chosen[stage] = precision
+    if chosen["action_head"] == "fp16":
+        raise UserError("--stage-precision action_head=fp16 is not supported yet (the head is exported fp32)")
+    return {stage: chosen[stage] for stage in opts.stages}
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not (out / MANIFEST).is_file():
+            raise UserError(f"{out}: exists, is not empty and is not an artifact; choose another -o folder")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass
+class ReferenceRun:
+    references: list[accuracy.Reference]
+    prompt_lengths: list[int]
+    calibration: quantize.Calibration | None
+    instructions: dict[str, list[int]]
+
+
+def reference_run(
+    opts: Options, cfg: ModelConfig, samples: list[calibration.Sample], precisions: dict[str, str], tmp: Path
+) -> ReferenceRun:
+    """fp32 torch over every sample: held-out references, prompt lengths and calibration statistics.
+    The action head is exported here, from the fp32 weights (it always runs fp32)."""
+    from tqdm import tqdm
+
+    from rynn_edge.runtime.backend_torch import TorchBackend
+
+    backend = TorchBackend(opts.model, opts.vq)
+    if "action_head" in precisions:
+        spec = _io_spec(cfg, "action_head")
+        example = (torch.zeros(1, 8, cfg.hidden_size), torch.ones(1, 8, dtype=torch.bool))
+        module = onnx_graphs.ActionHeadGraph(backend.head, torch.float32)
+        onnx_graphs.export_graph(
+            module, example, "action_head", _dynamic_axes(spec), tmp / "action_head.onnx"
+        )
+    predictor = Predictor.open(backend, opts.tokenizer, opts.vq, stats=opts.stats, image_size=256)
+    calib_samples, held_out = calibration.split(samples)
+    lengths: list[int] = []
+    instructions: dict[str, list[int]] = {}
+
+    def prompts(batch: list[calibration.Sample]):
+        for sample in tqdm(batch, desc="reference (fp32 torch)", disable=None):
+            ids, codes = predictor.vla_prompt(sample.images, sample.state, sample.instruction)
+            lengths.append(len(ids))
+            instructions[sample.instruction] = predictor.text.instruction_ids(sample.instruction)
+            yield sample, ids, codes
+
+    def prefill(ids: list[int]) -> torch.Tensor:
+        t = torch.tensor([ids])
+        return backend.backbone.prefill(t, torch.arange(len(ids))[None], torch.ones_like(t, dtype=torch.bool))
+
+    needs_stats = {"int8", "fp8"} & {precisions.get("backbone_prefill"), precisions.get("backbone_decode")}
+    calib = None
+    with torch.inference_mode():
+        if needs_stats:
+            calib = quantize.Calibration.collect(
+                backend.backbone, lambda: [prefill(ids) for _, ids, _ in prompts(calib_samples)]
+            )
+        references = []
+        for sample, ids, codes in prompts(held_out):
+            hidden = prefill(ids)
+            valid = torch.ones(hidden.shape[:2], dtype=torch.bool)
+            vq = {256: (to_model_input(sample.images, 256).numpy(), codes)}
+            if "vq_encoder" in opts.stages and not references:  # 512 px: one query is enough, and slow
+                pixels = to_model_input(sample.images[:1], 512).numpy()
+                vq[512] = (pixels, backend.vq_encode(pixels))
+            tokens = []
+            if "backbone_decode" in opts.stages:
+                tokens = decoding.greedy_actions(backend.step_model(), ids, accuracy.DISCRETE_STEPS)
+            references.append(
+                accuracy.Reference(vq, ids, hidden[0].numpy(), backend.head(hidden, valid)[0].numpy(), tokens)
+            )
+    return ReferenceRun(references, lengths, calib, instructions)
+
+
+def _round(value: int, step: int, up: bool) -> int:
+    return max(step, (value + (step - 1 if up else 0)) // step * step)
+
+
+def profiles(cfg: ModelConfig, lengths: list[int]) -> dict[str, dict[str, Dim]]:
+    """Dynamic-dim ranges per stage: prompt lengths around the calibration prompts (same robot, same
+    image count give near-constant lengths; instructions vary by tens of tokens)."""
+    lo, hi = _round(min(lengths) - 64, 64, up=False), _round(max(lengths) + 192, 64, up=True)
+    prompt = Dim("L", lo, int(np.median(lengths)), hi)
+    slots = Dim("S", 1, hi + 300, hi + MAX_NEW_TOKENS)
+    return {
+        "vq_encoder": {"B": Dim("B", 1, 2, 4)},
+        "backbone_prefill": {"L": prompt},
+        "action_head": {"L": prompt},
+        "backbone_decode": {"N": Dim("N", 1, 1, hi), "S": slots},
+        "vq_decoder": {"B": Dim("B", 1, 1, 2), "h": Dim("h", 16, 16, 32), "w": Dim("w", 16, 16, 32)},
+    }
+
+
+def _io_spec(cfg: ModelConfig, stage: str, size: int = 256) -> dict[str, tuple[list, str]]:
+    """name -> (shape with dim names for dynamic dims, dtype) of every input and output."""
+    layers, heads, hd = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim
+    g = size // onnx_graphs.VQ_FACTOR
+    return {
+        "vq_encoder": {"images": (["B", 3, size, size], "float32"), "codes": (["B", g * g], "int32")},
+        "backbone_prefill": {
+            "ids": ([1, "L"], "int64"),
+            "positions": ([1, "L"], "int64"),
+            "key_mask": ([1, "L"], "bool"),
+            "hidden": ([1, "L", cfg.hidden_size], "float32"),
+        },
+        "action_head": {
+            "hidden": ([1, "L", cfg.hidden_size], "float32"),
+            "valid": ([1, "L"], "bool"),
+            "actions": ([1, cfg.time_horizon, cfg.action_dim], "float32"),
+        },
+        "backbone_decode": {
+            "ids": ([1, "N"], "int64"),
+            "positions": ([1, "N"], "int64"),
+            "past_k": ([layers, 1, heads, "S", hd], "cache"),
+            "past_v": ([layers, 1, heads, "S", hd], "cache"),
+            "attn_mask": ([1, "N", "S+N"], "bool"),
+            "logits": ([1, cfg.vocab_size], "float32"),
+            "present_k": ([layers, 1, heads, "N", hd], "cache"),
+            "present_v": ([layers, 1, heads, "N", hd], "cache"),
+        },
+        "vq_decoder": {"codes": (["B", "h", "w"], "int32"), "images": (["B", "16h", "16w", 3], "uint8")},
+    }[stage]
+
+
+def _dynamic_axes(spec: dict[str, tuple[list, str]]) -> dict[str, dict[int, str]]:
+    return {
+        name: {i: d for i, d in enumerate(shape) if isinstance(d, str)} for name, (shape, _) in spec.items()
+    }
+
+
+def _concrete(shape: list, dims: dict[str, int]) -> tuple[int, ...]:
+    def value(d: Any) -> int:
+        if isinstance(d, int):
+            return d
+        if d == "S+N":
+            return dims["S"] + dims["N"]
+        if d.startswith("16"):
+            return 16 * dims[d[2:]]
+        return dims[d]
+
+    return tuple(value(d) for d in shape)
+
+
+def trt_profile(
+    cfg: ModelConfig, stage: str, dims: dict[str, Dim], size: int = 256
+) -> tensorrt_build.Profile:
+    spec = _io_spec(cfg, stage, size)
+    inputs = onnx_graphs.STAGE_IO[stage].inputs
+    points = [{name: getattr(d, which) for name, d in dims.items()} for which in ("min", "opt", "max")]
+    return {name: tuple(_concrete(spec[name][0], p) for p in points) for name in inputs}  # type: ignore[misc]
+
+
+def _save(tmp_path: Path, out_path: Path, transform=None) -> None:
+    model = onnx.load(str(tmp_path))
+    if transform is not None:
+        transform(model)
+    onnx_graphs.save_model(model, out_path)
+    del model
+    gc.collect()
+
+
+def export_vq(opts: Options, cfg: ModelConfig, precisions: dict[str, str], tmp: Path) -> list[str]:
+    vq = VQGAN.from_dir(opts.vq)
+    written = []
+    if "vq_encoder" in precisions:
+        dtype = DTYPES[precisions["vq_encoder"]]
+        for size in VQ_SIZES:
+            spec = _io_spec(cfg, "vq_encoder", size)
+            example = (torch.zeros(1, 3, size, size),)
+            name = f"vq_encoder_{size}"
+            onnx_graphs.export_graph(
+                onnx_graphs.VQEncoder(vq, dtype),
+                example,
+                "vq_encoder",
+                _dynamic_axes(spec),
+                tmp / f"{name}.onnx",
+            )
+            _save(tmp / f"{name}.onnx", opts.out / f"{name}.onnx")
+            written.append(name)
+    if "vq_decoder" in precisions:
+        spec = _io_spec(cfg, "vq_decoder")
+        example = (torch.zeros(1, 16, 16, dtype=torch.int32),)
+        module = onnx_graphs.VQDecoder(vq, DTYPES[precisions["vq_decoder"]])
+        onnx_graphs.export_graph(module, example, "vq_decoder", _dynamic_axes(spec), tmp / "vq_decoder.onnx")
+        _save(tmp / "vq_decoder.onnx", opts.out / "vq_decoder.onnx")
+        written.append("vq_decoder")
+    return written
+
+
+def export_backbone(
+    opts: Options, cfg: ModelConfig, precisions: dict[str, str], calib: quantize.Calibration | None, tmp: Path
+) -> dict[str, dict[str, int]]:
+    """Export the backbone graphs, quantize them, save them (and the action head exported earlier);
+    returns Q/DQ counts per quantized stage."""
+    stages = [s for s in ("backbone_prefill", "backbone_decode") if s in precisions]
+    scheme = {s: precisions[s] for s in stages}
+    base = "fp32" if all(p == "fp32" for p in scheme.values()) else "fp16"
+    _, backbone, _ = load_model(opts.model, dtype=DTYPES[base])
+    length = 8
+    ids = torch.zeros(1, length, dtype=torch.long)
+    positions = torch.arange(length)[None]
+    mask = torch.ones(1, length, dtype=torch.bool)
+    examples = {
+        "backbone_prefill": (onnx_graphs.BackbonePrefill(backbone), (ids, positions, mask)),
+        "backbone_decode": (
+            onnx_graphs.BackboneDecode(backbone),
+            (
+                ids[:, :2],
+                positions[:, :2],
+                *[
+                    torch.zeros(
+                        cfg.num_hidden_layers, 1, cfg.num_attention_heads, 4, cfg.head_dim, dtype=DTYPES[base]
+                    )
+                ]
+                * 2,
+                torch.ones(1, 2, 6, dtype=torch.bool),
+            ),
+        ),
+    }
+    for stage in stages:
+        module, example = examples[stage]
+        onnx_graphs.export_graph(
+            module, example, stage, _dynamic_axes(_io_spec(cfg, stage)), tmp / f"{stage}.onnx"
+        )
+    counts: dict[str, dict[str, int]] = {}
+    quantized = {s: p for s, p in scheme.items() if p in quantize.SCHEMES}
+    if not quantized:
+        del examples, backbone
+        gc.collect()
+    for stage in stages:
+        if stage in quantized:
+
+            def transform(model: onnx.ModelProto, stage: str = stage) -> None:
+                quantize.quantize_backbone(model, backbone, quantized[stage], calib)
+                counts[stage] = quantize.check_quantized(
+                    model, quantized[stage], cfg.num_hidden_layers, cfg.vocab_size
+                ).as_dict()
+
+            _save(tmp / f"{stage}.onnx", opts.out / f"{stage}.onnx", transform)
+        else:
+            _save(tmp / f"{stage}.onnx", opts.out / f"{stage}.onnx")
+    if "action_head" in precisions:
+        _save(tmp / "action_head.onnx", opts.out / "action_head.onnx")
+    return counts
+
+
+def write_assets(opts: Options, instructions: dict[str, list[int]]) -> dict[str, str]:
+    """Token tables, stats and the instruction cache next to the graphs."""
+    (opts.out / "tokenizer").mkdir()
+    for path in sorted(opts.tokenizer.iterdir()):
+        if path.is_file():
+            shutil.copy2(path, opts.out / "tokenizer" / path.name)
+    (opts.out / "vq").mkdir()
+    shutil.copy2(opts.vq / "text_tokenizer.json", opts.out / "vq" / "text_tokenizer.json")
+    shutil.copy2(opts.model / "config.json", opts.out / "config.json")
+    cfg = ModelConfig.from_dir(opts.model)
+    load_stats(opts.stats or robot_for(cfg.action_dim)).save(opts.out / "stats.json")
+    (opts.out / "instructions.json").write_text(json.dumps(instructions, indent=1) + "\n")
+    return {
+        "tokenizer": "tokenizer",
+        "image_vocab": "vq/text_tokenizer.json",
+        "stats": "stats.json",
+        "instruction_cache": "instructions.json",
+        "config": "config.json",
+    }
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+
+    from rynn_edge import runtime
+
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
+    try:
+        from importlib.metadata import version
+
+        versions["rynn_edge"] = version("rynn-edge")
+    except Exception:  # an uninstalled source tree still exports
+        versions["rynn_edge"] = getattr(runtime, "__version__", "unknown")
+    return versions
+
+
+def _machine() -> dict[str, Any]:
+    gpu = local_gpu()
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "gpu": None if gpu is None else {"name": gpu.name, "compute_capability": gpu.compute_capability},
+    }
+
+
+def _stage_entries(
+    cfg: ModelConfig,
+    precisions: dict[str, str],
+    dims: dict[str, dict[str, Dim]],
+    counts: dict[str, dict[str, int]],
+) -> dict[str, dict[str, Any]]:
+    entries = {}
+    for stage, precision in precisions.items():
+        for name in [f"vq_encoder_{s}" for s in VQ_SIZES] if stage == "vq_encoder" else [stage]:
+            size = int(name.rsplit("_", 1)[1]) if stage == "vq_encoder" else 256
+            spec = _io_spec(cfg, stage, size)
+            cache = "float32" if precision == "fp32" else "float16"
+            entries[name] = {
+                "onnx": f"{name}.onnx",
+                "precision": precision,
+                "io": {
+                    n: {"shape": shape, "dtype": cache if dt == "cache" else dt}
+                    for n, (shape, dt) in spec.items()
+                },
+                "profile": {d.name: [d.min, d.opt, d.max] for d in dims[stage].values()},
+                **({"quantization": counts[stage]} if stage in counts else {}),
+            }
+    return entries
+
+
+def export(opts: Options) -> dict[str, Any]:
+    """Run the whole export; returns the manifest. Raises UserError on accuracy failure (unless allowed)."""
+    started = time.monotonic()
+    for flag, folder in (("MODEL_DIR", opts.model), ("--tokenizer", opts.tokenizer), ("--vq", opts.vq)):
+        if not folder.is_dir():
+            raise UserError(f"{flag} {folder}: not a folder")
+    cfg = ModelConfig.from_dir(opts.model)
+    robot = robot_for(cfg.action_dim)
+    precisions = stage_precisions(opts)
+    stats = load_stats(opts.stats or robot)
+    if opts.calibration_data is not None:
+        samples = calibration.load_folder(opts.calibration_data)
+        source = str(opts.calibration_data)
+    else:
+        samples = calibration.synthetic(stats, IMAGE_COUNTS[robot][0])
+        source = "synthetic"
+        print(
+            f"rynn-edge export: no --calibration-data; using {len(samples)} synthetic frames. Fine for "
+            "fp32/fp16; for int8/fp8 scales pass recorded frames (see --help).",
+            flush=True,
+        )
+    _prepare_out(opts.out)
+    with tempfile.TemporaryDirectory(prefix="rynn-export-") as tmp:
+        run = reference_run(opts, cfg, samples, precisions, Path(tmp))
+        gc.collect()
+        export_vq(opts, cfg, precisions, Path(tmp))
+        counts = export_backbone(opts, cfg, precisions, run.calibration, Path(tmp))
+    dims = profiles(cfg, run.prompt_lengths)
+    assets = write_assets(opts, run.instructions)
+    manifest: dict[str, Any] = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"source": str(opts.model), "robot": robot, **cfg.__dict__},
+        "precision": opts.precision,
+        "stages": _stage_entries(cfg, precisions, dims, counts),
+        "assets": assets,
+        "target": {"kind": "onnxruntime"},
+        "versions": _versions(),
+        "machine": _machine(),
+        "calibration": {
+            "source": source,
+            "samples": len(samples),
+            "held_out": len(run.references),
+            "quantization": "explicit Q/DQ (see rynn_edge.export.quantize)",
+        },
+    }
+    backend = OnnxRuntimeBackend(Artifact(opts.out, manifest), ["CPUExecutionProvider"])
+    metrics = accuracy.measure(backend, run.references, set(manifest["stages"]))
+    report = accuracy.judge(metrics, precisions)
+    failed = accuracy.failures(report)
+    manifest["accuracy"] = {"metrics": report, "passed": not failed, "samples": len(run.references)}
+    del backend
+    trt = tensorrt_build.load_tensorrt() if opts.target == "tensorrt" else None
+    if trt is not None:
+        manifest["target"] = build_engines(trt, opts, cfg, manifest, dims)
+    if opts.triton:
+        manifest["triton"] = triton.write_repository(opts.out, manifest)
+    manifest["export_seconds"] = round(time.monotonic() - started, 1)
+    manifest = write_manifest(opts.out, manifest)
+    if failed and not opts.allow_accuracy_loss:
+        raise UserError(
+            "accuracy below threshold (artifact written to "
+            f"{opts.out} for inspection, manifest accuracy.passed = false):\n  "
+            + "\n  ".join(failed)
+            + "\nUse better calibration data or a higher precision, or pass --allow-accuracy-loss to accept."
+        )
+    for line in failed:
+        print(f"rynn-edge export: warning: {line}", flush=True)
+    if opts.target == "tensorrt" and trt is None:
+        raise UserError(tensorrt_build.INSTALL_HINT)
+    return manifest
+
+
+def build_engines(
+    trt: Any, opts: Options, cfg: ModelConfig, manifest: dict[str, Any], dims: dict
+) -> dict[str, Any]:
+    """One engine per stage next to its graph; the target record the runtime checks engines against."""
+    gpu = local_gpu()
+    cache = opts.timing_cache or opts.out / "timing.cache"
+    for name, entry in manifest["stages"].items():
+        stage = "vq_encoder" if name.startswith("vq_encoder") else name
+        size = int(name.rsplit("_", 1)[1]) if stage == "vq_encoder" else 256
+        info = tensorrt_build.build_engine(
+            trt,
+            opts.out / entry["onnx"],
+            opts.out / f"{name}.engine",
+            trt_profile(cfg, stage, dims[stage], size),
+            timing_cache=cache,
+            hardware_compatible=opts.hardware_compatible,
+            version_compatible=opts.version_compatible,
+        )
+        entry.update(info)
+    return {
+        "kind": "tensorrt",
+        "tensorrt_version": trt.__version__,
+        "gpu": None if gpu is None else {"name": gpu.name, "compute_capability": gpu.compute_capability},
+        "hardware_compatible": opts.hardware_compatible,
+        "version_compatible": opts.version_compatible,
+    }
