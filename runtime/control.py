@@ -367,20 +367,25 @@ class Supervisor:
 
     # -- safe stop -----------------------------------------------------------------------------------
 
-    def _safe_stop(self, reason: ExitReason) -> None:
-        """Hold or go to rest while the loop still runs, stop it, torque off what still answers."""
-        cfg = self.cfg
-        if self.loop is not None:
-            healthy = self.loop.status().get("running") and reason not in (ExitReason.BUS_ERROR,)
-            if healthy and cfg.rest_pose is not None:
-                self._go_to_rest()
-            elif healthy:
-                self.loop.hold()
-                time.sleep(cfg.hold_s)
-            self.loop.stop()
-            self._drain()
-        if self.bus is not None:
-            self.torque_report = self._torque_off()
+    def _safe_stop(self) -> None:
+        """Hold or go to rest while the loop still runs, stop it, torque off what still answers.
+
+        Each step is guarded so that a failure in one (say, the rest move) never skips the next.
+        """
+        try:
+            if self.loop is not None and self.loop.running:
+                if self.cfg.rest_pose is not None:
+                    self._go_to_rest()
+                else:
+                    self.loop.hold()
+                    time.sleep(self.cfg.hold_s)
+        finally:
+            try:
+                if self.loop is not None:
+                    self.loop.stop()
+                    self._drain()
+            finally:
+                self.torque_report = self._torque_off()
 
     def _go_to_rest(self) -> None:
         """A straight line to the rest pose over rest_s; returns once the servos are there (or 1 s late)."""
@@ -487,7 +492,7 @@ class Supervisor:
                 outcome = Outcome(ExitReason.INTERNAL_ERROR, f"{type(err).__name__}: {err}")
             finally:
                 if self.bus is not None:
-                    self._safe_stop(outcome.reason if outcome else ExitReason.INTERNAL_ERROR)
+                    self._safe_stop()
             outcome.summary = self.summary(outcome)
             self._write("end", **outcome.summary)
         return outcome

@@ -71,7 +71,8 @@ def run_against_sim(
             if "waiting for" in line:
                 waiting.set()
 
-    threading.Thread(target=pump, daemon=True).start()
+    pumping = threading.Thread(target=pump, daemon=True)
+    pumping.start()
     try:
         assert waiting.wait(120), "".join(lines)
         with launch(link=link, faults=faults, seed=1) as port:
@@ -81,7 +82,9 @@ def run_against_sim(
                     assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
                     time.sleep(0.05)
                 proc.send_signal(signal.SIGTERM)
-            stdout, _ = proc.communicate(timeout=120)
+            proc.wait(timeout=120)  # the summary is one short line: it never fills the stdout pipe
+            stdout = proc.stdout.read()
+            pumping.join(10)
             servos = {s["id"]: s for s in port.state()["servos"]}
     finally:
         if proc.poll() is None:
