@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from rynn_edge.kernels import feetech
 from rynn_edge.runtime.cameras import Camera
 from rynn_edge.runtime.chunking import ChunkScheduler
 from rynn_edge.runtime.episode_log import EpisodeLog
@@ -59,7 +60,6 @@ class ExitReason(enum.Enum):
 REST_CHUNK_ID = -2  # chunk id of the move to the rest pose in the episode log
 REST_TOLERANCE_TICKS = 3
 MOTOR_NAMES = {sid: name for name, sid in so100.MOTORS.items()}
-RECORD_VALID, RECORD_HELD = 1, 2  # drained record flags (kernels: RECORD_VALID, RECORD_HELD)
 EXIT_CODES_HELP = "exit codes: " + ", ".join(f"{r.code} {r.label}" for r in ExitReason) + ", 2 bad input"
 
 
@@ -161,7 +161,6 @@ class Supervisor:
     # -- setup -------------------------------------------------------------------------------------
 
     def _open(self) -> None:
-        from rynn_edge.kernels import _native as feetech
         from rynn_edge.runtime.policy import open_policy
 
         cfg = self.cfg
@@ -245,13 +244,13 @@ class Supervisor:
 
     def _drain(self) -> None:
         assert self.joints is not None
-        records = np.frombuffer(self.loop.drain_records(), np.dtype(self.loop.record_dtype))
+        records = feetech.records_to_numpy(self.loop)
         for rec in records:
             self.cycles += 1
             self.first_cycle_ns = self.first_cycle_ns or int(rec["deadline_ns"])
             self.last_cycle_ns = int(rec["deadline_ns"])
             self.period_errors_ns.append(int(rec["period_error_ns"]))
-            valid = (rec["flags"] & RECORD_VALID) != 0
+            valid = (rec["flags"] & feetech.RECORD_VALID) != 0
             if valid.all():
                 self.last_present, self.last_t_ns = rec["present"].copy(), int(rec["bus_done_ns"])
             self._write(
@@ -261,7 +260,7 @@ class Supervisor:
                 period_error_ns=rec["period_error_ns"],
                 read_ns=rec["bus_done_ns"],
                 chunk_id=rec["chunk_id"],
-                held=bool(rec["flags"][0] & RECORD_HELD),
+                held=bool(rec["flags"][0] & feetech.RECORD_HELD),
                 valid=valid,
                 servo_error=rec["error"],
                 present_raw=rec["present"],

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from rynn_edge.kernels import _native
+from rynn_edge.kernels import feetech
 from rynn_edge.runtime.robot import so100
 from rynn_edge.runtime.sim import launch
 
@@ -19,7 +19,7 @@ SWEPT = [1, 2, 3, 4, 6]  # wrist_roll (5) is a full-turn joint and is not swept
 
 def hand(fd: int, addr: int, length: int, value: int) -> None:
     os.write(
-        fd, _native.encode_sync_write(addr, length, {i: value.to_bytes(length, "little") for i in SWEPT})
+        fd, feetech.encode_sync_write(addr, length, {i: value.to_bytes(length, "little") for i in SWEPT})
     )
 
 
@@ -48,7 +48,7 @@ def test_calibrate_homes_mid_pose_and_records_ranges(tmp_path):
         stdout, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 0, stderr
         servos = {s["id"]: s for s in port.state()["servos"]}
-        with _native.Bus(port) as bus:
+        with feetech.Bus(port) as bus:
             limits = {i: [int.from_bytes(bus.read(i, a, 2)[0], "little") for a in (9, 11)] for i in servos}
     calib = json.loads(out.read_text())
     for (name, sid), initial in zip(so100.MOTORS.items(), INITIAL, strict=True):

@@ -41,7 +41,7 @@ def _enter_pressed() -> bool:
 
 
 def _half_turn_homing(arm, names: list[str]) -> dict[str, int]:
-    from rynn_edge.kernels import _native
+    from rynn_edge.kernels import feetech
     from rynn_edge.runtime.robot import so100
     from rynn_edge.runtime.robot.calibration import MotorCalibration
 
@@ -55,13 +55,13 @@ def _half_turn_homing(arm, names: list[str]) -> dict[str, int]:
                 f"{name} reads {pos}, too close to the end of the turn for a homing offset; move it "
                 "toward the middle of its range and run calibrate again"
             )
-        arm.write(name, so100.HOMING_OFFSET, _native.encode_sign_magnitude(offset, so100.HOMING_SIGN_BIT))
+        arm.write(name, so100.HOMING_OFFSET, feetech.encode_sign_magnitude(offset, so100.HOMING_SIGN_BIT))
         offsets[name] = offset
     return offsets
 
 
 def _record_ranges(arm, names: list[str], seconds: float | None) -> tuple[dict[str, int], dict[str, int]]:
-    from rynn_edge.kernels import _native
+    from rynn_edge.kernels import feetech
     from rynn_edge.runtime.robot import so100
 
     ids = [arm.motors[n] for n in names]
@@ -73,7 +73,7 @@ def _record_ranges(arm, names: list[str], seconds: float | None) -> tuple[dict[s
         for name, (data, _error) in zip(names, arm.bus.sync_read(ids, *so100.PRESENT_POSITION), strict=True):
             if data is None:
                 continue  # missed this round; the next sweep reads it again
-            pos = _native.decode_sign_magnitude(int.from_bytes(data, "little"), 15)
+            pos = feetech.decode_u16(data)
             lo[name], hi[name] = min(lo.get(name, pos), pos), max(hi.get(name, pos), pos)
         if live:
             table = "  ".join(f"{n} {lo.get(n, '-')}..{hi.get(n, '-')}" for n in names)
@@ -90,14 +90,14 @@ def _record_ranges(arm, names: list[str], seconds: float | None) -> tuple[dict[s
 
 
 def run(args: argparse.Namespace) -> int:
-    from rynn_edge.kernels import _native
+    from rynn_edge.kernels import feetech
     from rynn_edge.runtime.robot import so100
     from rynn_edge.runtime.robot.calibration import MotorCalibration, save_calibration
 
     if args.output.exists() and not args.force:
         raise UserError(f"{args.output} exists; pass --force to replace it")
     try:
-        bus = _native.Bus(args.port, args.baud, 10.0, 3)
+        bus = feetech.Bus(args.port, args.baud, 10.0, 3)
     except OSError as err:
         raise UserError(f"cannot open the servo bus: {err}") from None
     with bus:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rynn_edge.kernels._native import decode_sign_magnitude, encode_sign_magnitude
+from rynn_edge.kernels.feetech import decode_sign_magnitude, encode_sign_magnitude
 from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.robot.calibration import MotorCalibration, NormMode
 
