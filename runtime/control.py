@@ -485,6 +485,10 @@ class Supervisor:
                 outcome = Outcome(stop.reason, stop.message)
             except KeyboardInterrupt:
                 outcome = Outcome(ExitReason.INTERRUPTED, "stopped by Ctrl-C")
+            except OSError as err:  # the bus (port gone, a servo silent during setup), not our code
+                if self.bus is None:
+                    raise
+                outcome = Outcome(ExitReason.BUS_ERROR, f"{type(err).__name__}: {err}")
             except Exception as err:
                 if self.bus is None or isinstance(err, UserError):
                     raise  # nothing was powered yet, or bad input: the CLI reports it (exit 2)
