@@ -59,6 +59,7 @@ class ExitReason(enum.Enum):
 
 REST_CHUNK_ID = -2  # chunk id of the move to the rest pose in the episode log
 REST_TOLERANCE_TICKS = 3
+TORQUE_CONFIRM_ATTEMPTS = 4
 MOTOR_NAMES = {sid: name for name, sid in so100.MOTORS.items()}
 EXIT_CODES_HELP = "exit codes: " + ", ".join(f"{r.code} {r.label}" for r in ExitReason) + ", 2 bad input"
 
@@ -409,9 +410,8 @@ class Supervisor:
             self.bus.torque_off(ids)
         off, on, silent = [], [], []
         for sid in ids:
-            try:
-                data, _ = self.bus.read(sid, *so100.TORQUE_ENABLE)
-            except OSError:
+            data = self._read_torque(sid)
+            if data is None:
                 silent.append(sid)
                 continue
             if data[0]:
@@ -423,6 +423,16 @@ class Supervisor:
                     continue
             off.append(sid)
         return {"torque_off": off, "torque_still_on": on, "no_answer": silent}
+
+    def _read_torque(self, sid: int) -> bytes | None:
+        """Torque_Enable of one servo, asked a few times: a busy host or a noisy bus must not make a
+        servo that is still there look lost (each read already retries at the bus level)."""
+        for _ in range(TORQUE_CONFIRM_ATTEMPTS):
+            try:
+                return self.bus.read(sid, *so100.TORQUE_ENABLE)[0]
+            except OSError:
+                time.sleep(0.01)
+        return None
 
     # -- reporting -----------------------------------------------------------------------------------
 

@@ -86,15 +86,22 @@ def build_tiny_tokenizer(seed: int = 0) -> tuple[Tokenizer, dict[str, int]]:
     return tok, vocab
 
 
+def _save_legacy(tok: Tokenizer, path: Path) -> None:
+    """Save with merges as "a b" strings, the form older `tokenizers` (0.19, upstream's pin) can read."""
+    data = json.loads(tok.to_str())
+    data["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    path.write_text(json.dumps(data, ensure_ascii=False))
+
+
 def write_tiny_tokenizer(tokenizer_dir: str | Path, vq_dir: str | Path, *, seed: int = 0) -> dict[str, int]:
     """Write an HF tokenizer folder and Chameleon's ``text_tokenizer.json``; return the vocabulary map."""
     tokenizer_dir, vq_dir = Path(tokenizer_dir), Path(vq_dir)
     tokenizer_dir.mkdir(parents=True, exist_ok=True)
     vq_dir.mkdir(parents=True, exist_ok=True)
     tok, vocab = build_tiny_tokenizer(seed)
-    tok.save(str(tokenizer_dir / "tokenizer.json"))
+    _save_legacy(tok, tokenizer_dir / "tokenizer.json")
     # Meta's raw file has the same tokenizers-library layout; upstream reads only model.vocab from it.
-    tok.save(str(vq_dir / "text_tokenizer.json"))
+    _save_legacy(tok, vq_dir / "text_tokenizer.json")
     special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
