@@ -9,7 +9,7 @@ by construction and `check_quantized` proves it.
 Schemes (every q/k/v/o/gate/up/down linear of every layer; embeddings and lm_head stay float):
 - int8: W8A8, SmoothQuant (alpha 0.5) folded into the weights with a per-channel Mul on the activation,
   activations per-tensor int8 (calibrated absmax), weights per-output-channel int8, symmetric.
-- int4: weight-only (W4A16), blockwise along K (block 128, or K when smaller), round-to-nearest,
+- int4: weight-only (W4A16), blockwise along K (block 32, or K when it does not divide), round-to-nearest,
   DequantizeLinear with block_size (opset 21).
 - fp8: W8A8 in FLOAT8E4M3FN, per-tensor scales (amax / 448) for activations and weights.
 """
@@ -26,7 +26,7 @@ from torch import nn
 
 QUANT_OPSET = 21
 SMOOTH_ALPHA = 0.5
-INT4_BLOCK = 128
+INT4_BLOCK = 32  # finer than the usual 128: round-to-nearest error grows with the block
 FP8_MAX = 448.0
 SCHEMES = ("int8", "int4", "fp8")
 

@@ -155,7 +155,9 @@ def _verify_files(folder: Path, manifest: dict[str, Any]) -> None:
         if key in ("onnx", "engine")
     } | set(manifest["assets"].values())
     problems += [
-        f"{name}: used by the manifest but not listed with a hash" for name in sorted(referenced - listed)
+        f"{name}: used by the manifest but not listed with a hash"
+        for name in sorted(referenced)
+        if name not in listed and not any(f.startswith(name + "/") for f in listed)  # a folder asset
     ]
     if problems:
         raise UserError(

@@ -1,0 +1,204 @@
+"""rynn-edge export end to end on tiny checkpoints: fp32 parity with the torch backend through
+onnxruntime-CPU, quantized graphs with Q/DQ on every backbone linear, manifest, Triton layout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from rynn_edge.export import accuracy, quantize
+from rynn_edge.export.tensorrt_build import load_tensorrt
+from rynn_edge.runtime.artifact import MANIFEST, Artifact
+from rynn_edge.runtime.backend_onnxruntime import OnnxRuntimeBackend
+from rynn_edge.runtime.cli import main
+
+BACKBONE = ["backbone_prefill", "action_head", "backbone_decode"]
+SO100_STATE = "10,80,90,20,5,30"
+LIBERO_STATE = "0.1,0.0,0.8,2.0,0.1,0.2,0.01,-0.01"
+
+
+def _calibration(folder: Path, frames: list[Path], state: list[float]) -> Path:
+    folder.mkdir()
+    rows = [
+        {"images": [str(frames[0]), str(frames[1])], "state": state, "instruction": "pick up the cube"},
+        {"images": [str(frames[2]), str(frames[3])], "state": state, "instruction": "open the drawer"},
+        {"images": [str(frames[1]), str(frames[2])], "state": state, "instruction": "pick up the cube"},
+    ]
+    (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def _export(bundle: dict, out: Path, calib: Path, *extra: str) -> int:
+    return main(
+        [
+            "export",
+            str(bundle["model"]),
+            "--tokenizer",
+            str(bundle["tokenizer"]),
+            "--vq",
+            str(bundle["vq"]),
+            "-o",
+            str(out),
+            "--calibration-data",
+            str(calib),
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def so100_calib(tmp_path_factory, frames) -> Path:
+    return _calibration(tmp_path_factory.mktemp("calib") / "so100", frames, [10, 80, 90, 20, 5, 30])
+
+
+@pytest.fixture(scope="module")
+def so100_fp32(tmp_path_factory, so100_bundle, so100_calib) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("art") / "so100_fp32"
+    assert _export(so100_bundle, out, so100_calib, "--precision", "fp32", "--format", "triton") == 0
+    return out, json.loads((out / MANIFEST).read_text())
+
+
+def _predict(capsys, model: Path, *extra: str, state: str = SO100_STATE, images: list[Path]) -> dict:
+    args = ["predict", str(model), "--state", state, "--instruction", "pick up the cube", "--json", *extra]
+    for image in images:
+        args += ["--image", str(image)]
+    capsys.readouterr()
+    assert main(args) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _assert_parity(capsys, artifact: Path, bundle: dict, state: str, images: list[Path]) -> None:
+    raw = ["--tokenizer", str(bundle["tokenizer"]), "--vq", str(bundle["vq"])]
+    for mode in ("continuous", "discrete"):
+        extra = ["--mode", mode, "--max-new-tokens", "24"]
+        ref = _predict(capsys, bundle["model"], *raw, *extra, state=state, images=images)
+        got = _predict(capsys, artifact, "--backend", "onnxruntime", *extra, state=state, images=images)
+        assert got["prompt_ids"] == ref["prompt_ids"]
+        assert got["vq_codes"] == ref["vq_codes"]
+        assert got.get("generated_tokens") == ref.get("generated_tokens")
+        got_actions, ref_actions = np.array(got["actions_normalized"]), np.array(ref["actions_normalized"])
+        assert got_actions.shape == ref_actions.shape
+        assert np.abs(got_actions - ref_actions).max(initial=0.0) < 1e-4, mode
+
+
+def test_fp32_so100_matches_torch_backend(capsys, so100_fp32, so100_bundle, frames):
+    _assert_parity(capsys, so100_fp32[0], so100_bundle, SO100_STATE, frames[:2])
+
+
+def test_fp32_libero_matches_torch_backend(capsys, tmp_path, libero_bundle, frames):
+    calib = _calibration(tmp_path / "calib", frames, [float(v) for v in LIBERO_STATE.split(",")])
+    out = tmp_path / "libero_fp32"
+    stages = ["--stages", "vq_encoder", *BACKBONE]
+    assert _export(libero_bundle, out, calib, "--precision", "fp32", *stages) == 0
+    _assert_parity(capsys, out, libero_bundle, LIBERO_STATE, frames[:2])
+
+
+def test_manifest_records_stages_hashes_and_accuracy(so100_fp32):
+    out, manifest = so100_fp32
+    assert set(manifest["stages"]) == {
+        "vq_encoder_256",
+        "vq_encoder_512",
+        "backbone_prefill",
+        "action_head",
+        "backbone_decode",
+        "vq_decoder",
+    }
+    for entry in manifest["stages"].values():
+        assert entry["onnx"] in manifest["files"]
+        assert entry["precision"] == "fp32"
+    assert (
+        manifest["stages"]["backbone_prefill"]["profile"]["L"][0]
+        <= manifest["stages"]["backbone_prefill"]["profile"]["L"][1]
+        <= manifest["stages"]["backbone_prefill"]["profile"]["L"][2]
+    )
+    assert {"tokenizer/tokenizer.json", "vq/text_tokenizer.json", "stats.json", "instructions.json"} <= set(
+        manifest["files"]
+    )
+    assert manifest["versions"]["onnxruntime"] and manifest["machine"]["hostname"]
+    metrics = manifest["accuracy"]["metrics"]
+    assert manifest["accuracy"]["passed"]
+    assert metrics["vq_code_agreement_pct"]["value"] == 100.0
+    assert metrics["token_agreement_pct"]["value"] == 100.0
+    assert metrics["action_max_abs_error"]["value"] < 1e-4
+    assert Artifact.open(out).stages() == manifest["stages"]
+
+
+def test_graphs_are_clean(so100_fp32):
+    out, _ = so100_fp32
+    codes = onnx.load(str(out / "vq_encoder_256.onnx")).graph.output[0]
+    assert codes.type.tensor_type.elem_type == onnx.TensorProto.INT32
+    for name in ("vq_encoder_256", "backbone_prefill", "backbone_decode", "action_head"):
+        ops = {n.op_type for n in onnx.load(str(out / f"{name}.onnx")).graph.node}
+        assert not ops & {"Dropout", "NonZero", "Loop", "If", "ScatterND"}, (name, ops)
+
+
+def test_triton_repository(so100_fp32):
+    out, manifest = so100_fp32
+    for name in manifest["stages"]:
+        config = (out / "triton" / name / "config.pbtxt").read_text()
+        assert f'name: "{name}"' in config and 'platform: "onnxruntime_onnx"' in config
+        assert (out / "triton" / name / "1" / "model.onnx").is_file()
+    assert 'name: "past_k"' in (out / "triton" / "backbone_decode" / "config.pbtxt").read_text()
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_quantized_export_has_qdq_on_every_backbone_linear(
+    capsys, tmp_path, so100_bundle, so100_calib, scheme
+):
+    out = tmp_path / scheme
+    extra = ["--target", "tensorrt"] if scheme == "int4" else ["--json"]
+    capsys.readouterr()
+    code = _export(so100_bundle, out, so100_calib, "--precision", scheme, "--stages", *BACKBONE, *extra)
+    printed = capsys.readouterr()
+    if scheme == "int8":
+        assert code == 0
+        report = json.loads(printed.out.strip().splitlines()[-1])  # --json: the accuracy report
+        assert report["passed"] and report["metrics"]["hidden_cosine_min"]["precision"] == "int8"
+    elif load_tensorrt() is None:  # --target tensorrt without TensorRT: ONNX written, then a clear stop
+        assert code == 2 and "pip install tensorrt" in printed.err
+    manifest = Artifact.open(out).manifest
+    assert manifest["target"]["kind"] == "onnxruntime" or load_tensorrt() is not None
+    layers = manifest["model"]["num_hidden_layers"]
+    for stage in ("backbone_prefill", "backbone_decode"):
+        counts = manifest["stages"][stage]["quantization"]
+        assert counts["quantized"] == counts["linears"] == 7 * layers
+        model = onnx.load(str(out / f"{stage}.onnx"))
+        vocab = manifest["model"]["vocab_size"]
+        assert quantize.check_quantized(model, scheme, layers, vocab).quantized == 7 * layers
+    assert manifest["accuracy"]["passed"], manifest["accuracy"]
+    # The accuracy report ran the graphs in onnxruntime-CPU; run them once more through the backend.
+    actions = OnnxRuntimeBackend(Artifact.open(out)).actions(list(range(100, 700)))
+    assert actions.shape == (20, 6) and np.isfinite(actions).all()
+
+
+def test_check_quantized_catches_a_float_linear(so100_fp32):
+    out, manifest = so100_fp32
+    model = onnx.load(str(out / "backbone_prefill.onnx"))
+    with pytest.raises(RuntimeError, match="int8 quantization incomplete: .*float weight"):
+        quantize.check_quantized(model, "int8", manifest["model"]["num_hidden_layers"], 65536)
+
+
+def test_accuracy_failure_names_stage_and_numbers():
+    report = accuracy.judge(
+        {"hidden_cosine_min": 0.91, "action_max_abs_error": 0.3, "vq_code_agreement_pct": 99.0},
+        {"backbone_prefill": "int8", "vq_encoder": "fp16"},
+    )
+    lines = accuracy.failures(report)
+    assert lines == [
+        "backbone_prefill (int8): hidden_cosine_min = 0.91, threshold >= 0.99",
+        "action_head (int8): action_max_abs_error = 0.3, threshold <= 0.06",
+    ]
+
+
+def test_corrupted_artifact_is_refused_by_predict(capsys, tmp_path, so100_fp32, frames):
+    art = tmp_path / "art"
+    shutil.copytree(so100_fp32[0], art)
+    (art / "action_head.onnx").write_bytes((art / "action_head.onnx").read_bytes()[:-1] + b"\x00")
+    args = ["predict", str(art), "--backend", "onnxruntime", "--state", SO100_STATE, "--instruction", "x"]
+    assert main([*args, "--image", str(frames[0]), "--image", str(frames[1])]) == 2
+    assert "action_head.onnx: sha256 differs" in capsys.readouterr().err
