@@ -46,6 +46,49 @@ class TorchStepModel:
         return logits.squeeze(0).numpy()
 
 
+def decode_tokens(
+    backbone: ChameleonBackbone,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    cache: KVCache,
+    slots: torch.Tensor,
+    key_mask: torch.Tensor,
+) -> torch.Tensor:
+    """N tokens in one pass over a batch-1 cache: ids/positions [1, N], slots [N] (where their k/v go, in
+    place), key_mask [N, S_max] bool (row i: the slots token i attends to, its own included).
+    Returns fp32 logits [N, V]. With N = 1 this computes what `backbone.decode_step` does."""
+    x = backbone.embed_tokens(ids)
+    cos, sin = backbone._rope(positions, x.dtype)
+    mask = key_mask[None, None]
+    for i, layer in enumerate(backbone.layers):
+        attn = layer.self_attn
+        q, k, v = attn.qkv(layer.input_layernorm(x), cos, sin)
+        cache.k[i].index_copy_(2, slots, k)
+        cache.v[i].index_copy_(2, slots, v)
+        x = x + attn.out(q, cache.k[i], cache.v[i], mask)
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return backbone.logits(backbone.norm(x))[0]
+
+
+class TorchBatchStepModel(TorchStepModel):
+    """`decoding.BatchStepModel`: the step model plus N tokens per pass for parallel action blocks."""
+
+    @torch.inference_mode()
+    def step_many(self, tokens: Sequence[int], positions: Sequence[int], key_mask: np.ndarray) -> np.ndarray:
+        if self.cache is None:
+            raise RuntimeError("step_many() before begin()")
+        where = torch.tensor(list(positions))
+        logits = decode_tokens(
+            self.backbone,
+            torch.tensor([list(tokens)]),
+            where[None],
+            self.cache,
+            where,
+            torch.from_numpy(np.ascontiguousarray(key_mask)),
+        )
+        return logits.numpy()
+
+
 class TorchBackend:
     name = "torch"
 
@@ -78,6 +121,9 @@ class TorchBackend:
 
     def step_model(self) -> TorchStepModel:
         return TorchStepModel(self.backbone)
+
+    def batch_step_model(self) -> TorchBatchStepModel:
+        return TorchBatchStepModel(self.backbone)
 
     @torch.inference_mode()
     def vq_decode(self, codes: np.ndarray) -> np.ndarray:
