@@ -183,7 +183,7 @@ def export_graph(
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
     """Save with external data (one `<name>.data` file) when the weights exceed protobuf's limit."""
-    external = model.ByteSize() > PROTOBUF_LIMIT if _fits(model) else True
+    external = sum(len(t.raw_data) for t in model.graph.initializer) > PROTOBUF_LIMIT
     data = path.with_name(path.name + ".data")
     if data.exists():
         data.unlink()
@@ -196,9 +196,3 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
         size_threshold=1024,
     )
 
-
-def _fits(model: onnx.ModelProto) -> bool:
-    try:
-        return model.ByteSize() >= 0
-    except ValueError:  # protobuf refuses to size a message over 2 GiB
-        return False
