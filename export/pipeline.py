@@ -63,8 +63,8 @@ class Options:
 
 
 def stage_precisions(opts: Options) -> dict[str, str]:
-    """Backbone graphs take --precision; the VQGAN takes fp16 for every lower precision (Orin has no
-    FP8 convs worth it and INT8 VQ flips codes); the action head stays fp32 (it is tiny)."""
+    """Backbone graphs take --precision; the VQGAN takes fp16 for every lower precision (codes are its
+    most precision-sensitive output, so no INT8/FP8 VQ); the action head stays fp32 (it is tiny)."""
     low = "fp32" if opts.precision == "fp32" else "fp16"
     chosen = {
         "vq_encoder": low,
