@@ -142,8 +142,19 @@ def open_predictor(
     from rynn_edge.runtime.artifact import Artifact
 
     if Artifact.is_artifact(model):
+        if backend == "tensorrt":
+            from rynn_edge.runtime.backend_tensorrt import TensorRTBackend
+
+            artifact = Artifact.open(model)  # checks the engines' GPU and TensorRT version first
+            return Predictor.open(
+                TensorRTBackend(artifact),
+                tokenizer or artifact.asset("tokenizer"),
+                vq or artifact.asset("image_vocab").parent,
+                stats=stats or artifact.asset("stats"),
+                image_size=image_size,
+            )
         if backend != "onnxruntime":
-            raise UserError(f"{model} is an exported artifact: run it with --backend onnxruntime")
+            raise UserError(f"{model} is an exported artifact: run it with --backend onnxruntime or tensorrt")
         from rynn_edge.runtime.backend_onnxruntime import OnnxRuntimeBackend
 
         # The ONNX graphs run on any machine: the GPU/TensorRT checks only concern engines.
@@ -157,10 +168,20 @@ def open_predictor(
         )
     from rynn_edge.runtime.backend_torch import TorchBackend
 
-    if backend != "torch":
+    if backend not in ("torch", "cuda"):
         raise UserError(f"backend {backend!r} needs an exported artifact folder (rynn-edge export)")
     for flag, value in (("tokenizer", tokenizer), ("vq", vq)):
         if value is None:
             raise UserError(f"--{flag} DIR is required with a raw checkpoint")
+    if backend == "cuda":  # torch fast path: bf16, static shapes, CUDA graphs; refuses without a GPU
+        from rynn_edge.runtime.backend_cuda import CudaBackend
+
+        return Predictor.open(
+            CudaBackend.open(model, vq, trust_pickle=trust_pickle),
+            tokenizer,
+            vq,
+            stats=stats,
+            image_size=image_size,
+        )
     torch_backend = TorchBackend(model, vq, trust_pickle=trust_pickle)
     return Predictor.open(torch_backend, tokenizer, vq, stats=stats, image_size=image_size)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rynn_edge.runtime.errors import UserError
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "cuda", "tensorrt")
 
 
 def parse_floats(text: str, what: str) -> list[float]:
