@@ -112,7 +112,8 @@ class Predictor:
         ids, codes = self.vla_prompt(images, state, instruction)
         result: dict[str, Any] = {"prompt_ids": ids, "vq_codes": codes.tolist(), "mode": mode}
         if mode == "continuous":
-            normalized = self.backend.actions(ids).astype(np.float64)
+            # float32 like the reference head output: denormalize then runs (v + 1) / 2 in float32 as upstream
+            normalized = self.backend.actions(ids)
         elif mode == "discrete":
             tokens = decoding.greedy_actions(self.backend.step_model(), ids, max_new_tokens)
             result["generated_tokens"] = tokens
