@@ -1,0 +1,275 @@
+"""What `rynn-edge bench` times: one action chunk per call, for a chunk length T and a mode.
+
+A chunk = VQ-encode the views of one query (front + wrist) + the policy on a fixed prompt of that query
+(built once by the predictor from synthetic frames; tokenising is host work, cached per instruction):
+* continuous: one backbone prefill (no lm_head) + the action head built for T;
+* discrete-sequential: prefill + T(A+2) one-token decode steps (action mask row + argmax each step);
+* discrete-parallel: prefill + A+2 steps of T tokens each (the T blocks as one batch).
+Discrete steps are teacher-forced with well-formed blocks [10004, A values, 15004], so the step count is
+exactly that of a real chunk whatever random weights predict (greedy stops at 8710 or a malformed block).
+
+The head for T: the checkpoint's own queries where T equals its time_horizon (`queries: checkpoint`),
+otherwise the same weights with synthetic queries, N(0, std of the real ones) (`queries: synthetic`);
+an onnxruntime artifact's head graph has T baked in, so other T run a head graph exported here with
+random weights (same shapes and precision; latency does not depend on the values).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rynn_edge.runtime import decoding
+from rynn_edge.runtime import vocab as V
+from rynn_edge.runtime.action_head import ActionHead
+from rynn_edge.runtime.errors import UserError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+INSTRUCTION = "pick up the cube and place it in the box"
+
+
+def synthetic_views(n: int, size: int = 256) -> list[np.ndarray]:
+    """Deterministic camera-like frames (gradients + blocks), uint8 [size, size, 3]."""
+    y, x = np.mgrid[0:size, 0:size]
+    views = []
+    for i in range(n):
+        img = np.stack([x, y, (x + y + 64 * i) % 256], axis=-1).astype(np.uint8)
+        img[40 * i : 40 * i + 64, 96:160] = (200, 30 + 50 * i, 90)
+        views.append(img)
+    return views
+
+
+def action_blocks(time_horizon: int, action_dim: int) -> list[int]:
+    """T well-formed action blocks [10004, A values, 15004] (values mid-range)."""
+    values = [V.ACTION_VALUE_OFFSET + 128 + a for a in range(action_dim)]
+    return [V.ACTION_START_ID, *values, V.ACTION_END_ID] * time_horizon
+
+
+def sequential_chunk(
+    model: decoding.StepModel, prompt_ids: Sequence[int], time_horizon: int, action_dim: int
+):
+    """begin + T(A+2) steps, as greedy_actions runs them (mask row per step, argmax of every logits)."""
+    forced = action_blocks(time_horizon, action_dim)
+    sequence = list(prompt_ids)
+    capacity = len(sequence) + len(forced) + 1
+    np.argmax(model.begin(sequence, capacity))
+    mask = np.zeros(capacity, dtype=bool)
+    for token in forced:
+        sequence.append(token)
+        position = len(sequence) - 1
+        mask[: position + 1] = decoding.action_mask_row(sequence)
+        np.argmax(model.step(token, position, mask))
+
+
+def parallel_chunk(model, prompt_ids: Sequence[int], time_horizon: int, action_dim: int):
+    """begin + A+2 `step_many` passes of T tokens: block k in slots L + k(A+2) + j, prompt + own block."""
+    width, length = action_dim + 2, len(prompt_ids)
+    capacity = length + time_horizon * width
+    row = decoding.action_mask_row(list(prompt_ids))
+    np.argmax(model.begin(list(prompt_ids), capacity))
+    starts = length + width * np.arange(time_horizon)
+    mask = np.zeros((time_horizon, capacity), dtype=bool)
+    mask[:, :length] = row
+    block = action_blocks(1, action_dim)
+    for j in range(width):
+        mask[np.arange(time_horizon), starts + j] = True
+        np.argmax(model.step_many([block[j]] * time_horizon, (starts + j).tolist(), mask), axis=-1)
+
+
+def head_for(native: ActionHead, time_horizon: int, seed: int = 0) -> tuple[ActionHead, str]:
+    """The checkpoint's head at its own T, else the same weights with synthetic queries."""
+    if time_horizon == native.time_horizon:
+        return native, "checkpoint"
+    param = next(native.parameters())
+    head = ActionHead(native.hidden_size, native.width, time_horizon, native.action_dim)
+    state = {k: v for k, v in native.state_dict().items() if k != "action_token_embeddings.weight"}
+    head.load_state_dict(state, strict=False)
+    std = float(native.action_token_embeddings.weight.float().std())
+    generator = torch.Generator().manual_seed(seed + time_horizon)
+    with torch.no_grad():
+        head.action_token_embeddings.weight.normal_(0.0, std, generator=generator)
+    return head.to(device=param.device, dtype=param.dtype).eval(), "synthetic"
+
+
+@dataclass
+class ChunkRunner:
+    """One backend/precision over one model: `chunk(T, mode)` -> (callable, queries label) or a reason."""
+
+    backend: str
+    precision: str
+    device: str
+    time_horizon: int
+    action_dim: int
+    prompt_ids: list[int]
+    pixels: np.ndarray
+    weights: str
+    encode: Callable[[], object]
+    continuous: Callable[[int], tuple[Callable[[], object], str]]
+    step_model: Callable[[], Any]
+    batch_step_model: Callable[[], Any] | None
+
+    def chunk(self, time_horizon: int, mode: str) -> tuple[Callable[[], object], str] | str:
+        if mode == "continuous":
+            policy, queries = self.continuous(time_horizon)
+        elif mode == "discrete-sequential":
+            model, queries = self.step_model(), "n/a"
+
+            def policy() -> None:
+                sequential_chunk(model, self.prompt_ids, time_horizon, self.action_dim)
+        elif mode == "discrete-parallel":
+            if self.batch_step_model is None:
+                return f"{self.backend} has no batched decode step (step_many) yet"
+            model, queries = self.batch_step_model(), "n/a"
+
+            def policy() -> None:
+                parallel_chunk(model, self.prompt_ids, time_horizon, self.action_dim)
+        else:
+            raise UserError(f"unknown mode {mode!r}: use continuous, discrete-sequential, discrete-parallel")
+
+        def call() -> None:
+            self.encode()
+            policy()
+
+        return call, queries
+
+
+def _query(predictor) -> tuple[list[int], np.ndarray]:
+    from rynn_edge.runtime.images import to_model_input
+    from rynn_edge.runtime.predictor import IMAGE_COUNTS
+
+    views = synthetic_views(IMAGE_COUNTS[predictor.robot][0])
+    state = (predictor.stats.state.min + predictor.stats.state.max) / 2
+    ids, _ = predictor.vla_prompt(views, state, INSTRUCTION)
+    return ids, to_model_input(views, predictor.image_size).numpy()
+
+
+def torch_runner(
+    model: Path, tokenizer: Path | None, vq: Path | None, precision: str, device: str, weights: str
+) -> ChunkRunner:
+    from rynn_edge.runtime.backend_torch import TorchBackend
+    from rynn_edge.runtime.predictor import Predictor
+
+    if precision not in DTYPES:
+        raise UserError(f"torch runs {', '.join(DTYPES)}; {precision} needs an exported artifact")
+    if tokenizer is None or vq is None:
+        raise UserError("--tokenizer DIR and --vq DIR are required with a raw checkpoint")
+    backend = TorchBackend(model, vq, dtype=DTYPES[precision])
+    ids, pixels = _query(Predictor.open(backend, tokenizer, vq))
+    dev = torch.device(device)
+    backend.backbone.to(dev)
+    backend.head.to(dev)
+    backend.vqgan.to(dev)
+    ids_t = torch.tensor([ids], device=dev)
+    positions = torch.arange(len(ids), device=dev)[None]
+    valid = torch.ones_like(ids_t, dtype=torch.bool)
+    pixels_t = torch.from_numpy(pixels).to(dev)
+
+    @torch.inference_mode()
+    def encode() -> None:
+        backend.vqgan.encode(pixels_t).cpu()
+
+    def continuous(time_horizon: int) -> tuple[Callable[[], object], str]:
+        head, queries = head_for(backend.head, time_horizon)
+
+        @torch.inference_mode()
+        def run() -> None:
+            head(backend.backbone.prefill(ids_t, positions, valid), valid).float().cpu()
+
+        return run, queries
+
+    batch = getattr(backend, "batch_step_model", None)
+    step_model = backend.step_model if dev.type == "cpu" else _no_gpu_steps
+    return ChunkRunner(
+        "torch",
+        precision,
+        device,
+        backend.time_horizon,
+        backend.action_dim,
+        ids,
+        pixels,
+        weights,
+        encode,
+        continuous,
+        step_model,
+        batch if dev.type == "cpu" else None,
+    )
+
+
+def _no_gpu_steps():
+    raise UserError("discrete modes on GPU need the CUDA backend (issue 5): use --modes continuous")
+
+
+def onnxruntime_runner(artifact_dir: Path, precision: str | None, weights: str) -> ChunkRunner:
+    import onnxruntime as ort
+
+    from rynn_edge.runtime.predictor import open_predictor
+
+    predictor = open_predictor(artifact_dir, backend="onnxruntime")
+    backend = predictor.backend
+    stages = backend.artifact.stages()
+    have = stages["backbone_prefill"]["precision"]
+    if precision not in (None, have):
+        raise UserError(f"{artifact_dir} was exported at {have}; re-export with --precision {precision}")
+    ids, pixels = _query(predictor)
+    head_precision = stages["action_head"]["precision"]
+    folder = Path(tempfile.mkdtemp(prefix="rynn-bench-head-"))
+
+    def encode() -> None:
+        backend.vq_encode(pixels)
+
+    def continuous(time_horizon: int) -> tuple[Callable[[], object], str]:
+        if time_horizon == backend.time_horizon:
+            session, queries = backend.session("action_head"), "checkpoint"
+        else:
+            path = _export_head(backend.artifact.model, time_horizon, head_precision, folder)
+            session = ort.InferenceSession(str(path), providers=backend.providers)
+            queries = "synthetic"
+
+        def run() -> None:
+            hidden = backend.prefill(ids)
+            session.run(None, {"hidden": hidden, "valid": np.ones(hidden.shape[:2], dtype=bool)})
+
+        return run, queries
+
+    return ChunkRunner(
+        "onnxruntime",
+        have,
+        "cpu" if backend.providers[0].startswith("CPU") else "cuda",
+        backend.time_horizon,
+        backend.action_dim,
+        ids,
+        pixels,
+        weights,
+        encode,
+        continuous,
+        backend.step_model,
+        getattr(backend, "batch_step_model", None),
+    )
+
+
+def _export_head(model: dict, time_horizon: int, precision: str, folder: Path) -> Path:
+    """An action-head graph for another T: random weights, the artifact's shapes, I/O names and precision."""
+    hidden_size = int(model["hidden_size"])
+    torch.manual_seed(time_horizon)
+    head = ActionHead(hidden_size, hidden_size // 4, time_horizon, int(model["action_dim"])).eval()
+    dtype = torch.float32 if precision == "fp32" else torch.float16
+    hidden = torch.zeros(1, 16, hidden_size, dtype=dtype)
+    valid = torch.ones(1, 16, dtype=torch.bool)
+    path = folder / f"action_head_T{time_horizon}.onnx"
+    torch.onnx.export(
+        head.to(dtype),
+        (hidden, valid),
+        str(path),
+        input_names=["hidden", "valid"],
+        output_names=["actions"],
+        dynamic_axes={"hidden": {1: "L"}, "valid": {1: "L"}},
+        dynamo=False,
+        opset_version=17,
+    )
+    return path

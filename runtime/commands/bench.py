@@ -1,0 +1,276 @@
+"""`rynn-edge bench`: control Hz vs action-chunk length T, per mode and backend/precision.
+
+Per T and mode: chunk latency (median / p90 / p99 over --runs calls after --warmup), model calls per
+second (1 / median), actions per second (T / median) and the sustainable control rate with async
+re-planning (see `benchmarking.sustainable_hz`). What one call contains: `runtime/chunk_bench.py`.
+Writes bench.csv, bench.json and bench.png to --out; --json prints the same object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rynn_edge.runtime.errors import UserError
+
+BACKENDS = ("torch", "onnxruntime")
+MODES = ("continuous", "discrete-sequential", "discrete-parallel")
+COLUMNS = (
+    "backend",
+    "precision",
+    "mode",
+    "chunk_length",
+    "queries",
+    "median_ms",
+    "p90_ms",
+    "p99_ms",
+    "calls_per_s",
+    "actions_per_s",
+    "sustainable_hz",
+    "execute_whole_chunk_hz",
+)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--chunk-lengths takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserError("--chunk-lengths must be positive integers")
+    return values
+
+
+def _modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise UserError(f"--modes: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(MODES)}")
+    return modes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", type=Path, metavar="MODEL_OR_ARTIFACTS", help="checkpoint or artifact folder"
+    )
+    parser.add_argument("--tokenizer", type=Path, help="HF tokenizer folder (raw checkpoints)")
+    parser.add_argument("--vq", type=Path, help="VQGAN folder (raw checkpoints)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="default: torch, or onnxruntime for an artifact folder",
+    )
+    parser.add_argument(
+        "--precision", default=None, help="torch: fp32|bf16|fp16 (default fp32); onnxruntime: the artifact's"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--chunk-lengths", type=_ints, default=[1, 5, 10, 20, 40], help="T values, e.g. 1,5,10"
+    )
+    parser.add_argument(
+        "--modes", type=_modes, default=["continuous"], help=f"comma-separated: {','.join(MODES)}"
+    )
+    parser.add_argument("--runs", type=int, default=20, help="timed calls per point (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="discarded calls per point (default 3)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--action-rate", type=float, default=30.0, help="actions per second on the arm (30)")
+    parser.add_argument(
+        "--weights",
+        choices=("auto", "real", "random"),
+        default="auto",
+        help="label of the weights (auto: random when hidden_size < 4096, e.g. tiny)",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="SPEC",
+        help="extra runs BACKEND[:PRECISION][@PATH] in the same sweep; prints ratios to the "
+        "first (e.g. torch:fp32 torch:bf16 onnxruntime@ARTIFACTS)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for CSV/JSON/PNG")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def _spec(text: str, args: argparse.Namespace) -> tuple[str, str | None, Path]:
+    head, _, path = text.partition("@")
+    backend, _, precision = head.partition(":")
+    if backend not in BACKENDS:
+        raise UserError(f"--compare {text!r}: backend must be one of {', '.join(BACKENDS)}")
+    return backend, precision or None, Path(path) if path else args.model
+
+
+def _weights_label(model: Path, choice: str) -> str:
+    if choice != "auto":
+        return choice
+    config = model / "config.json"
+    hidden = json.loads(config.read_text()).get("hidden_size", 0) if config.is_file() else 0
+    if not hidden:
+        manifest = model / "manifest.json"
+        hidden = json.loads(manifest.read_text())["model"]["hidden_size"] if manifest.is_file() else 0
+    return "random" if hidden < 4096 else "real"
+
+
+def _runner(backend: str, precision: str | None, model: Path, args: argparse.Namespace):
+    from rynn_edge.runtime import chunk_bench
+    from rynn_edge.runtime.artifact import Artifact
+
+    weights = _weights_label(model, args.weights)
+    if backend == "onnxruntime":
+        if not Artifact.is_artifact(model):
+            raise UserError(f"{model}: onnxruntime runs an artifact folder (rynn-edge export)")
+        return chunk_bench.onnxruntime_runner(model, precision, weights)
+    if Artifact.is_artifact(model):
+        raise UserError(f"{model} is an artifact folder: use --backend onnxruntime")
+    return chunk_bench.torch_runner(model, args.tokenizer, args.vq, precision or "fp32", args.device, weights)
+
+
+def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    from rynn_edge.runtime import benchmarking as B
+    from rynn_edge.runtime.chunk_bench import __doc__ as timed
+    from rynn_edge.runtime.roofline import decode_steps
+
+    specs = [(args.backend, args.precision, args.model)] + [_spec(s, args) for s in args.compare]
+    rows: list[dict[str, Any]] = []
+    for backend, precision, model in specs:
+        backend = backend or ("onnxruntime" if (model / "manifest.json").is_file() else "torch")
+        runner = _runner(backend, precision, model, args)
+        for mode in args.modes:
+            for t in args.chunk_lengths:
+                row: dict[str, Any] = {
+                    "backend": runner.backend,
+                    "precision": runner.precision,
+                    "device": runner.device,
+                    "mode": mode,
+                    "chunk_length": t,
+                    "weights": runner.weights,
+                    "model": str(model),
+                    "native_chunk_length": runner.time_horizon,
+                    "decode_steps": decode_steps(mode, t, runner.action_dim),
+                    "prompt_tokens": len(runner.prompt_ids),
+                    "views": int(runner.pixels.shape[0]),
+                }
+                made = runner.chunk(t, mode)
+                if isinstance(made, str):
+                    rows.append({**row, "queries": "n/a", "skipped": made})
+                    continue
+                call, row["queries"] = made
+                stats = B.summarize_ms(B.time_calls(call, args.runs, args.warmup, runner.device))
+                latency = stats["median_ms"] / 1e3
+                rows.append(
+                    {
+                        **row,
+                        **stats,
+                        "runs": args.runs,
+                        "warmup": args.warmup,
+                        "calls_per_s": 1 / latency,
+                        "actions_per_s": t / latency,
+                        "sustainable_hz": B.sustainable_hz(t, latency, args.action_rate),
+                        "execute_whole_chunk_hz": B.execute_whole_chunk_hz(t, latency, args.action_rate),
+                        "action_rate_hz": args.action_rate,
+                    }
+                )
+    _ratios(rows)
+    return {
+        "command": "bench",
+        "environment": B.environment(args.device),
+        "action_rate_hz": args.action_rate,
+        "sustainable_hz_formula": "clip(min(f, T/L - f), 0, f) with f = action rate, L = median latency",
+        "timed": " ".join(timed.split()),
+        "rows": rows,
+    }
+
+
+def _ratios(rows: list[dict[str, Any]]) -> None:
+    """speedup_vs_first = median of the first backend/precision at the same (mode, T) / this median."""
+    base: dict[tuple[str, int], float] = {}
+    first = None
+    for row in rows:
+        if "median_ms" not in row:
+            continue
+        combo = (row["backend"], row["precision"], row["model"])
+        first = first or combo
+        if combo == first:
+            base[(row["mode"], row["chunk_length"])] = row["median_ms"]
+        reference = base.get((row["mode"], row["chunk_length"]))
+        if reference:
+            row["speedup_vs_first"] = reference / row["median_ms"]
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    from rynn_edge.runtime.benchmarking import pyplot
+
+    plt = pyplot()
+    fig, (ax_lat, ax_rate) = plt.subplots(1, 2, figsize=(11, 4.2))
+    lines: dict[str, list[dict]] = {}
+    for row in result["rows"]:
+        if "median_ms" in row:
+            lines.setdefault(f"{row['backend']} {row['precision']} {row['mode']}", []).append(row)
+    for label, points in lines.items():
+        t = [p["chunk_length"] for p in points]
+        ax_lat.plot(t, [p["median_ms"] for p in points], marker="o", label=label)
+        line = ax_rate.plot(t, [p["actions_per_s"] for p in points], marker="o", label=f"{label} actions/s")
+        ax_rate.plot(
+            t,
+            [p["sustainable_hz"] for p in points],
+            ls="--",
+            color=line[0].get_color(),
+            label=f"{label} sustainable Hz",
+        )
+    env = result["environment"]
+    where = env["gpu"]["name"] if env["gpu"] and env["device"].startswith("cuda") else env["cpu"]
+    ax_lat.set(
+        xlabel="chunk length T (actions)",
+        ylabel="chunk latency, median (ms)",
+        yscale="log",
+        title=f"latency per chunk — {where}",
+    )
+    ax_rate.axhline(result["action_rate_hz"], color="grey", lw=0.8)
+    ax_rate.set(
+        xlabel="chunk length T (actions)",
+        ylabel="per second",
+        yscale="log",
+        title="actions/s (T / latency) and sustainable control Hz",
+    )
+    for ax in (ax_lat, ax_rate):
+        ax.grid(True, which="both", alpha=0.3)
+    ax_rate.legend(fontsize=7)
+    ax_lat.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rynn_edge.runtime import benchmarking as B
+
+    if args.runs < 1 or args.warmup < 0:
+        raise UserError("--runs must be >= 1 and --warmup >= 0")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = sweep(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = {"csv": args.out / "bench.csv", "json": args.out / "bench.json"}
+    if not args.no_plot:
+        files["png"] = args.out / "bench.png"
+        plot(result, files["png"])
+    result["files"] = {k: str(v) for k, v in files.items()}
+    B.write_csv(result["rows"], files["csv"])
+    B.write_json(result, files["json"])
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    columns = COLUMNS + (("speedup_vs_first",) if args.compare else ())
+    print(B.format_table(result["rows"], columns))
+    for row in result["rows"]:
+        if "skipped" in row:
+            print(f"skipped {row['backend']} {row['mode']} T={row['chunk_length']}: {row['skipped']}")
+    print(f"sustainable_hz = {result['sustainable_hz_formula']}; weights {result['rows'][0]['weights']}")
+    print("wrote " + ", ".join(result["files"].values()))
+    return 0

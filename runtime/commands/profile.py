@@ -1,0 +1,163 @@
+"""`rynn-edge profile`: per-layer latency of each stage (vq_encoder, backbone_prefill, action_head,
+backbone_decode, vq_decoder) with FLOPs, bytes and the roofline position against this device's measured peak.
+
+Writes profile.csv (every layer), profile.json and profile.png (top layers, stage shares) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rynn_edge.runtime.errors import UserError
+
+STAGES = ("vq_encoder", "backbone_prefill", "action_head", "backbone_decode", "vq_decoder")
+BACKENDS = ("torch", "onnxruntime")
+COLUMNS = (
+    "layer",
+    "kind",
+    "calls",
+    "mean_ms",
+    "share",
+    "flops",
+    "bytes",
+    "tflops",
+    "gbs",
+    "bound",
+    "of_roofline",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", type=Path, metavar="MODEL_OR_ARTIFACTS", help="checkpoint or artifact folder"
+    )
+    parser.add_argument("--tokenizer", type=Path, help="HF tokenizer folder (raw checkpoints)")
+    parser.add_argument("--vq", type=Path, help="VQGAN folder (raw checkpoints)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None, help="default: by folder kind")
+    parser.add_argument("--precision", default="fp32", help="torch: fp32|bf16|fp16 (default fp32)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    parser.add_argument("--stage", default="all", choices=(*STAGES, "all"), help="one stage or all")
+    parser.add_argument("--top", type=int, default=10, help="layers per stage in the terminal (default 10)")
+    parser.add_argument("--runs", type=int, default=10, help="timed and profiled calls per stage")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=Path("profile-results"), help="folder for CSV/JSON/PNG")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def profile(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from rynn_edge.runtime import benchmarking as B
+    from rynn_edge.runtime import stage_inputs
+    from rynn_edge.runtime.artifact import Artifact
+    from rynn_edge.runtime.roofline import measure_peak
+
+    backend = args.backend or ("onnxruntime" if Artifact.is_artifact(args.model) else "torch")
+    stages = list(STAGES) if args.stage == "all" else [args.stage]
+    if backend == "torch":
+        profiles = stage_inputs.torch_profiles(args, stages)
+        dtype = stage_inputs.DTYPES[args.precision]
+    else:
+        profiles = stage_inputs.onnxruntime_profiles(args.model, stages, args.runs)
+        dtype = torch.float32
+    peak = measure_peak(args.device, dtype, seconds=0.3)
+    out = []
+    for p in profiles:
+        out.append(
+            {
+                "stage": p.stage,
+                "backend": p.backend,
+                "stage_ms": p.stage_ms,
+                "layers_ms": p.layers_ms,
+                "coverage": p.layers_ms / p.stage_ms,
+                "runs": p.runs,
+                "rows": p.rows(peak),
+            }
+        )
+    return {
+        "command": "profile",
+        "model": str(args.model),
+        "backend": backend,
+        "precision": args.precision if backend == "torch" else "artifact",
+        "environment": B.environment(args.device),
+        "peak": {
+            "name": peak.name,
+            "precision": peak.precision,
+            "tflops": peak.flops / 1e12,
+            "gbs": peak.bandwidth / 1e9,
+            "source": peak.source,
+        },
+        "stages": out,
+    }
+
+
+def _where(env: dict[str, Any]) -> str:
+    return env["gpu"]["name"] if env["gpu"] and env["device"].startswith("cuda") else env["cpu"]
+
+
+def plot(result: dict[str, Any], path: Path, top: int) -> None:
+    from rynn_edge.runtime.benchmarking import pyplot
+
+    plt = pyplot()
+    rows = sorted((r for s in result["stages"] for r in s["rows"]), key=lambda r: -r["mean_ms"])[:top]
+    fig, (ax_top, ax_share) = plt.subplots(
+        1, 2, figsize=(12, 0.35 * len(rows) + 2), gridspec_kw={"width_ratios": [4, 1]}
+    )
+    labels = [f"{r['stage']}: {r['layer']} ({r['kind']})" for r in rows][::-1]
+    ax_top.barh(labels, [r["mean_ms"] for r in rows][::-1])
+    ax_top.set(
+        xlabel="mean ms per stage call",
+        title=f"top {len(rows)} layers — {result['backend']} on {_where(result['environment'])}",
+    )
+    ax_top.tick_params(axis="y", labelsize=7)
+    total = sum(s["stage_ms"] for s in result["stages"]) or 1.0
+    bottom = 0.0
+    for s in result["stages"]:
+        share = s["stage_ms"] / total
+        ax_share.bar(["stages"], [share], bottom=bottom, label=f"{s['stage']} {s['stage_ms']:.3g} ms")
+        bottom += share
+    ax_share.set(ylabel="share of the summed stage time", ylim=(0, 1))
+    ax_share.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rynn_edge.runtime import benchmarking as B
+
+    if args.runs < 1 or args.top < 1:
+        raise UserError("--runs and --top must be >= 1")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = profile(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = {"csv": args.out / "profile.csv", "json": args.out / "profile.json"}
+    if not args.no_plot:
+        files["png"] = args.out / "profile.png"
+        plot(result, files["png"], args.top)
+    result["files"] = {k: str(v) for k, v in files.items()}
+    B.write_csv([r for s in result["stages"] for r in s["rows"]], files["csv"])
+    B.write_json(result, files["json"])
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    peak = result["peak"]
+    print(
+        f"peak ({peak['name']}, {peak['precision']}, measured): {peak['tflops']:.3g} TFLOP/s, "
+        f"{peak['gbs']:.3g} GB/s"
+    )
+    for s in result["stages"]:
+        print(
+            f"\n{s['stage']}: {s['stage_ms']:.3f} ms (plain run), layers sum {s['layers_ms']:.3f} ms "
+            f"({100 * s['coverage']:.0f}%)"
+        )
+        print(B.format_table(s["rows"][: args.top], COLUMNS))
+    print("\nwrote " + ", ".join(result["files"].values()))
+    return 0
