@@ -7,6 +7,9 @@ graph). Every shape is static: prompts are right-padded to a length bucket with 
 `valid`), decoding writes into one preallocated KV cache per capacity bucket, and each (stage, shape)
 is captured once as a `torch.cuda.CUDAGraph` and replayed after copying inputs into its fixed buffers.
 
+All graphs share one memory pool: they never run concurrently and every output is copied out right
+after its replay, so one graph's scratch may reuse another's.
+
 The VQ quantizer (quant_conv + distances + argmin) always runs in fp32: lower precision flips
 near-tie codes. On device="cpu" the same code runs eagerly (no graphs), which is what the tests cover.
 """
