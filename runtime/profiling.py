@@ -32,6 +32,11 @@ class Layer:
     calls: int = 0
     total_ms: float = 0.0
     cost: Cost | None = None  # per call
+    samples: list[float] = field(default_factory=list)  # ms per call, in call order
+
+    def per_run(self, runs: int) -> np.ndarray:
+        """This layer's time in each profiled stage call (ms)."""
+        return np.asarray(self.samples).reshape(runs, -1).sum(axis=1) if self.samples else np.zeros(runs)
 
 
 @dataclass
@@ -70,8 +75,15 @@ class StageProfile:
         return out
 
     @property
+    def median_run(self) -> int:
+        """The profiled stage call whose layer total is the median (robust to a call disturbed by the OS)."""
+        totals = sum((layer.per_run(self.runs) for layer in self.layers.values()), np.zeros(self.runs))
+        return int(np.argsort(totals)[self.runs // 2])
+
+    @property
     def layers_ms(self) -> float:
-        return sum(layer.total_ms for layer in self.layers.values()) / self.runs
+        """Sum of the layers' times in the median profiled call (compared with the plain-run median)."""
+        return float(sum(layer.per_run(self.runs)[self.median_run] for layer in self.layers.values()))
 
 
 def _median_ms(fn: Callable[[], object], runs: int) -> float:
@@ -112,7 +124,7 @@ def profile_torch(
     with torch.inference_mode():
         result = StageProfile(stage, "torch", _median_ms(fn, runs), runs)
     counter = CostCounter()
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: it hides linear/conv2d's decomposition into mm/convolution
         handles = []
         for prefix, module in modules.items():
             ctx = counter.module_scopes(module, prefix)
@@ -133,7 +145,7 @@ def profile_torch(
         for h in handles:
             h.remove()
     gpu = device.startswith("cuda")
-    for event in prof.events():
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
         if not event.name.startswith("layer::"):
             continue
         _, label, kind = event.name.split("::")
@@ -146,6 +158,7 @@ def profile_torch(
         layer = result.layers.setdefault(label, Layer(label, kind, cost=costs.get(label)))
         layer.calls += 1
         layer.total_ms += inclusive - children
+        layer.samples.append(inclusive - children)
     return result
 
 
@@ -163,14 +176,12 @@ def _ort_cost(op: str, args: dict) -> Cost | None:
     outputs = _ort_shapes(args.get("output_type_shape", []))
     moved = sum(int(np.prod(s)) * _ORT_BYTES.get(t, 4) for t, s in inputs + outputs)
     flops = 0.0
-    if op in _ORT_FLOP_OPS and len(inputs) >= 2 and outputs:
+    if op in _ORT_FLOP_OPS and inputs and outputs:
         out = outputs[0][1]
-        if op.endswith("Conv"):
-            weight = inputs[1][1]  # [C_out, C_in/g, kh, kw]
-            flops = 2.0 * np.prod(out) * np.prod(weight[1:])
-        else:
-            k = inputs[0][1][-1]
-            flops = 2.0 * np.prod(out) * k
+        if not op.endswith("Conv"):  # [.., M, K] @ [K, N]; the weight may be an unrecorded initializer
+            flops = 2.0 * np.prod(out) * inputs[0][1][-1]
+        elif len(inputs) >= 2:  # weight [C_out, C_in/g, kh, kw]
+            flops = 2.0 * np.prod(out) * np.prod(inputs[1][1][1:])
     return Cost(float(flops), float(moved), float(moved) if flops else 0.0)
 
 
@@ -208,6 +219,7 @@ def profile_onnxruntime(
         )
         layer.calls += 1
         layer.total_ms += event["dur"] / 1e3
+        layer.samples.append(event["dur"] / 1e3)
     return result
 
 
@@ -239,5 +251,5 @@ def profile_tensorrt(stage: str, context, execute: Callable[[], object], runs: i
     finally:
         context.profiler = None
     for name, times in profiler.times.items():
-        result.layers[name] = Layer(name, "trt", calls=len(times), total_ms=float(sum(times)))
+        result.layers[name] = Layer(name, "trt", len(times), float(sum(times)), samples=list(times))
     return result

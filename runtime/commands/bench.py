@@ -37,9 +37,9 @@ def _ints(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UserError(f"--chunk-lengths takes comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:
-        raise UserError("--chunk-lengths must be positive integers")
+        raise argparse.ArgumentTypeError("--chunk-lengths must be positive integers")
     return values
 
 
@@ -47,7 +47,8 @@ def _modes(text: str) -> list[str]:
     modes = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
-        raise UserError(f"--modes: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(MODES)}")
+        choose = ", ".join(MODES)
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown) or '(none)'}; choose from {choose}")
     return modes
 
 

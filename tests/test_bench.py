@@ -1,0 +1,95 @@
+"""rynn-edge bench end to end on a tiny checkpoint: table, CSV, JSON, PNG; labels, step counts, formula."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from rynn_edge.runtime.benchmarking import execute_whole_chunk_hz, sustainable_hz
+from rynn_edge.runtime.cli import main
+
+MODES = "continuous,discrete-sequential,discrete-parallel"
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory, so100_bundle) -> tuple[dict, object]:
+    out = tmp_path_factory.mktemp("bench")
+    args = [
+        "bench",
+        str(so100_bundle["model"]),
+        "--tokenizer",
+        str(so100_bundle["tokenizer"]),
+        "--vq",
+        str(so100_bundle["vq"]),
+        "--chunk-lengths",
+        "2,20",
+        "--modes",
+        MODES,
+        "--runs",
+        "2",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--compare",
+        "torch:bf16",
+    ]
+    assert main(args) == 0
+    return json.loads((out / "bench.json").read_text()), out
+
+
+def test_rows_label_queries_and_count_steps(bench):
+    result, _ = bench
+    rows = {(r["precision"], r["mode"], r["chunk_length"]): r for r in result["rows"]}
+    assert len(rows) == 2 * 3 * 2
+    assert rows[("fp32", "continuous", 20)]["queries"] == "checkpoint"  # the tiny SO100 checkpoint has T = 20
+    assert rows[("fp32", "continuous", 2)]["queries"] == "synthetic"
+    assert rows[("fp32", "discrete-sequential", 20)]["decode_steps"] == 20 * 8  # T(A+2), A = 6
+    assert rows[("fp32", "discrete-parallel", 20)]["decode_steps"] == 8
+    for row in result["rows"]:
+        if "skipped" in row:  # only a backend without a batched step may skip, and says why
+            assert row["mode"] == "discrete-parallel"
+            continue
+        assert row["weights"] == "random" and row["backend"] == "torch"
+        assert 0 < row["median_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["actions_per_s"] == pytest.approx(row["chunk_length"] * row["calls_per_s"])
+        latency = row["median_ms"] / 1e3
+        assert row["sustainable_hz"] == pytest.approx(sustainable_hz(row["chunk_length"], latency, 30.0))
+        if row["precision"] == "fp32":
+            assert row["speedup_vs_first"] == pytest.approx(1.0)
+        else:
+            assert row["speedup_vs_first"] > 0
+    assert result["environment"]["versions"]["torch"]
+    seq = rows[("fp32", "discrete-sequential", 20)]["median_ms"]
+    assert seq > rows[("fp32", "discrete-sequential", 2)]["median_ms"]  # 160 steps vs 16
+
+
+def test_files_written(bench):
+    result, out = bench
+    with (out / "bench.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(result["rows"])
+    assert {"queries", "median_ms", "sustainable_hz", "weights"} <= set(table[0])
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sustainable_rate_formula():
+    f = 30.0
+    assert sustainable_hz(20, 0.1, f) == f  # L <= T / 2f: the arm never waits
+    assert sustainable_hz(20, 0.5, f) == pytest.approx(20 / 0.5 - f)  # 10 fresh actions/s
+    assert sustainable_hz(20, 20 / f, f) == 0.0  # every row stale on arrival
+    assert execute_whole_chunk_hz(20, 0.5, f) == pytest.approx(20 / (20 / f + 0.5))
+
+
+def test_bad_arguments_are_user_errors(so100_bundle, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", str(so100_bundle["model"]), "--modes", "beam"])
+    assert "unknown beam" in capsys.readouterr().err
+    assert (
+        main(["bench", str(so100_bundle["model"]), "--runs", "1"]) == 2
+    )  # raw checkpoint without --tokenizer
+    assert "--tokenizer" in capsys.readouterr().err
