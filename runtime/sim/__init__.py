@@ -27,6 +27,7 @@ class SimPort(str):
 
     process: subprocess.Popen[str]
     state_file: str
+    sched: str
 
     def state(self, timeout: float = 2.0) -> dict:
         """A fresh snapshot of every servo: asks the simulator to rewrite its state file and reads it.
@@ -109,11 +110,14 @@ def launch(
     initial_positions: Iterable[float] | None = None,
     state_file: str | os.PathLike[str] | None = None,
     ready_timeout: float = 10.0,
+    rt_priority: int | None = None,
 ) -> Iterator[SimPort]:
     """Run `rynn-edge sim` as a subprocess; yield its port path once it is listening; stop it on exit.
 
     `link=None` publishes the port in a fresh temporary folder (safe for parallel tests). The state
-    file (default: next to the link in that folder) backs `SimPort.state()`.
+    file (default: next to the link in that folder) backs `SimPort.state()`. `rt_priority` runs the
+    simulator SCHED_FIFO (benchmarks: real servos answer in hardware and are never starved of CPU);
+    `SimPort.sched` says whether that was granted.
     """
     tmp = tempfile.mkdtemp(prefix="rynn-edge-sim-")
     link = str(link) if link is not None else os.path.join(tmp, "ttySO100")
@@ -137,6 +141,7 @@ def launch(
         _wait_ready(proc, ready_timeout, stderr_path)
         port = SimPort(link)
         port.process, port.state_file = proc, state_file
+        port.sched = _set_realtime(proc.pid, rt_priority) if rt_priority is not None else "normal"
         yield port
     finally:
         if proc.poll() is None:
@@ -150,6 +155,14 @@ def launch(
             if stream:
                 stream.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _set_realtime(pid: int, priority: int) -> str:
+    try:
+        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(priority))
+    except (PermissionError, OSError) as err:
+        return f"normal (SCHED_FIFO refused: {err})"
+    return f"SCHED_FIFO {priority}"
 
 
 def _wait_ready(proc: subprocess.Popen[str], timeout: float, stderr_path: Path) -> None:
