@@ -107,7 +107,10 @@ class Predictor:
         instruction: str,
         mode: str = "continuous",
         max_new_tokens: int = DISCRETE_MAX_NEW_TOKENS,
+        parallel: bool = True,
     ) -> dict[str, Any]:
+        """One query. Discrete mode decodes all action blocks as one batch where the backend can
+        (identical tokens to sequential greedy decoding); `parallel=False` decodes them one by one."""
         state = np.asarray(state, dtype=np.float64)
         ids, codes = self.vla_prompt(images, state, instruction)
         result: dict[str, Any] = {"prompt_ids": ids, "vq_codes": codes.tolist(), "mode": mode}
@@ -115,7 +118,10 @@ class Predictor:
             # float32 like the reference head output: denormalize then runs (v + 1) / 2 in float32 as upstream
             normalized = self.backend.actions(ids)
         elif mode == "discrete":
-            tokens = decoding.greedy_actions(self.backend.step_model(), ids, max_new_tokens)
+            batched = getattr(self.backend, "batch_step_model", None)
+            model = batched() if parallel and batched else self.backend.step_model()
+            horizon, dim = self.backend.time_horizon, self.backend.action_dim
+            tokens = decoding.discrete_actions(model, ids, horizon, dim, max_new_tokens, parallel=parallel)
             result["generated_tokens"] = tokens
             normalized = prompt.action_tokens_to_normalized(tokens, self.backend.action_dim)
         else:

@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instruction", required=True, help="the task, exactly as in training")
     parser.add_argument("--mode", choices=("continuous", "discrete"), default="continuous")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="discrete mode cap (default 300)")
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="discrete mode: decode the action blocks one by one (the reference order) instead of as a batch",
+    )
 
 
 def open_predictor(args: argparse.Namespace, default_size: int):
@@ -73,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         args.instruction,
         args.mode,
         max_new_tokens=args.max_new_tokens or DISCRETE_MAX_NEW_TOKENS,
+        parallel=not args.sequential,
     )
     if args.json:
         print(json.dumps(result))
