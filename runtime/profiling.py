@@ -1,20 +1,23 @@
 """Per-layer latency of each stage, one unified table whatever the backend.
 
 * torch: the torch profiler over a run where every module opens a `record_function` scope; a layer's
-  time is its scope's time minus its child modules' (exclusive), so the layers of a stage add up to the
-  stage. FLOPs and bytes per layer come from `roofline.CostCounter` on the same modules.
+  time is its scope's time minus its child modules' (exclusive), so every op counts once, in the innermost
+  module that ran it. FLOPs and bytes per layer come from `roofline.CostCounter` on the same modules.
 * onnxruntime: the session's node profiler (`enable_profiling`; events `cat == "Node"`, `*_kernel_time`,
   `dur` in µs), one row per node; FLOPs for MatMul/Gemm/Conv from the recorded shapes.
 * tensorrt: an `IProfiler` attached to the execution context; engines must be built with
   `ProfilingVerbosity.DETAILED` for layer names (otherwise TensorRT reports indices). GPU only.
 
 Profiling is separate from timing: the stage is first timed plainly (median of `runs`), then profiled.
+Coverage (`COVERAGE`) compares the layers with the wall time of the same profiled calls; the plain timing
+is reported next to it (the profiler's own overhead, `profiler_overhead`, is not a missing layer).
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+import time
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,19 +27,31 @@ import numpy as np
 
 from rynn_edge.runtime.roofline import Cost, CostCounter, Peak
 
+OTHER = "(other)"
+COVERAGE = (
+    "coverage = median over the profiled stage calls of (sum of the layer rows' times in that call) / "
+    "(wall time of that call); each op is counted once, in the innermost layer that ran it; the "
+    f"'{OTHER}' row (kind 'framework') is the rest of the wall: Python/session work between and around the "
+    "layers, so the rows add up to the whole profiled stage. stage_ms: median of separate plain runs, no "
+    "profiler; profiled_ms: median wall of the profiled calls; profiler_overhead = profiled_ms / stage_ms."
+)
+
 
 @dataclass
 class Layer:
     name: str
     kind: str
-    calls: int = 0
-    total_ms: float = 0.0
+    runs: int
     cost: Cost | None = None  # per call
-    samples: list[float] = field(default_factory=list)  # ms per call, in call order
+    calls: int = 0
+    per_run: np.ndarray = field(init=False)  # ms of this layer in each profiled stage call
 
-    def per_run(self, runs: int) -> np.ndarray:
-        """This layer's time in each profiled stage call (ms)."""
-        return np.asarray(self.samples).reshape(runs, -1).sum(axis=1) if self.samples else np.zeros(runs)
+    def __post_init__(self) -> None:
+        self.per_run = np.zeros(self.runs)
+
+    def add(self, run: int, ms: float) -> None:
+        self.calls += 1
+        self.per_run[run] += ms
 
 
 @dataclass
@@ -45,21 +60,55 @@ class StageProfile:
     backend: str
     stage_ms: float  # plain timing run (median), no profiler attached
     runs: int
+    wall_ms: np.ndarray  # wall time of each profiled stage call
     layers: dict[str, Layer] = field(default_factory=dict)
 
+    def layer(self, name: str, kind: str, cost: Cost | None = None) -> Layer:
+        return self.layers.setdefault(name, Layer(name, kind, self.runs, cost))
+
+    @property
+    def layers_per_run(self) -> np.ndarray:
+        return sum((layer.per_run for layer in self.layers.values()), np.zeros(self.runs))
+
+    @property
+    def coverage(self) -> float:
+        return float(np.median(self.layers_per_run / self.wall_ms))
+
+    @property
+    def layers_ms(self) -> float:
+        return float(np.median(self.layers_per_run))
+
+    @property
+    def profiled_ms(self) -> float:
+        return float(np.median(self.wall_ms))
+
+    def summary(self, peak: Peak | None) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "backend": self.backend,
+            "stage_ms": self.stage_ms,
+            "profiled_ms": self.profiled_ms,
+            "layers_ms": self.layers_ms,
+            "coverage": self.coverage,
+            "profiler_overhead": self.profiled_ms / self.stage_ms,
+            "runs": self.runs,
+            "rows": self.rows(peak),
+        }
+
     def rows(self, peak: Peak | None) -> list[dict[str, Any]]:
-        """Unified rows, slowest first: mean time per stage call, share, FLOPs, bytes, achieved rates."""
-        total = sum(layer.total_ms for layer in self.layers.values()) or 1.0
+        """Unified rows, slowest first: mean time per stage call, share of the profiled wall, FLOPs, bytes,
+        achieved rates; the last row is `OTHER`, so the rows add up to the mean profiled call."""
+        total = float(self.wall_ms.mean()) or 1.0
         out = []
-        for layer in sorted(self.layers.values(), key=lambda x: -x.total_ms):
-            mean_ms = layer.total_ms / self.runs
+        for layer in sorted(self.layers.values(), key=lambda x: -x.per_run.sum()):
+            mean_ms = float(layer.per_run.mean())
             row: dict[str, Any] = {
                 "stage": self.stage,
                 "layer": layer.name,
                 "kind": layer.kind,
                 "calls": layer.calls // self.runs,
                 "mean_ms": mean_ms,
-                "share": layer.total_ms / total,
+                "share": mean_ms / total,
             }
             if layer.cost is not None and (layer.cost.flops or layer.cost.bytes):
                 seconds = mean_ms / 1e3
@@ -72,18 +121,18 @@ class StageProfile:
                     row["bound"] = peak.bound(layer.cost)
                     row["of_roofline"] = row["roofline_ms"] / mean_ms
             out.append(row)
+        other = total - float(self.layers_per_run.mean())
+        out.append(
+            {
+                "stage": self.stage,
+                "layer": OTHER,
+                "kind": "framework",
+                "calls": 1,
+                "mean_ms": other,
+                "share": other / total,
+            }
+        )
         return out
-
-    @property
-    def median_run(self) -> int:
-        """The profiled stage call whose layer total is the median (robust to a call disturbed by the OS)."""
-        totals = sum((layer.per_run(self.runs) for layer in self.layers.values()), np.zeros(self.runs))
-        return int(np.argsort(totals)[self.runs // 2])
-
-    @property
-    def layers_ms(self) -> float:
-        """Sum of the layers' times in the median profiled call (compared with the plain-run median)."""
-        return float(sum(layer.per_run(self.runs)[self.median_run] for layer in self.layers.values()))
 
 
 def _median_ms(fn: Callable[[], object], runs: int) -> float:
@@ -122,7 +171,7 @@ def profile_torch(
     from torch.profiler import ProfilerActivity, profile
 
     with torch.inference_mode():
-        result = StageProfile(stage, "torch", _median_ms(fn, runs), runs)
+        plain_ms = _median_ms(fn, runs)
     counter = CostCounter()
     with torch.no_grad():  # not inference_mode: it hides linear/conv2d's decomposition into mm/convolution
         handles = []
@@ -139,26 +188,27 @@ def profile_torch(
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     try:
         with torch.inference_mode(), profile(activities=activities) as prof:
-            for _ in range(runs):
-                fn()
+            for run in range(runs):
+                with torch.profiler.record_function(f"run::{run}"):
+                    fn()
     finally:
         for h in handles:
             h.remove()
     gpu = device.startswith("cuda")
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        if not event.name.startswith("layer::"):
-            continue
-        _, label, kind = event.name.split("::")
-        inclusive = (event.device_time_total if gpu else event.cpu_time_total) / 1e3
-        children = sum(
-            ((c.device_time_total if gpu else c.cpu_time_total) / 1e3)
-            for c in event.cpu_children
-            if c.name.startswith("layer::")
-        )
-        layer = result.layers.setdefault(label, Layer(label, kind, cost=costs.get(label)))
-        layer.calls += 1
-        layer.total_ms += inclusive - children
-        layer.samples.append(inclusive - children)
+
+    def ms(event) -> float:
+        return (event.device_time_total if gpu else event.cpu_time_total) / 1e3
+
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    calls = [e for e in events if e.name.startswith("run::")]
+    starts = [e.time_range.start for e in calls]
+    result = StageProfile(stage, "torch", plain_ms, runs, np.asarray([e.cpu_time_total / 1e3 for e in calls]))
+    for event in events:
+        if event.name.startswith("layer::"):
+            _, label, kind = event.name.split("::")
+            children = sum(ms(c) for c in event.cpu_children if c.name.startswith("layer::"))
+            run = bisect_right(starts, event.time_range.start) - 1
+            result.layer(label, kind, costs.get(label)).add(run, ms(event) - children)
     return result
 
 
@@ -192,7 +242,7 @@ def profile_onnxruntime(
     import onnxruntime as ort
 
     plain = ort.InferenceSession(str(model_path), providers=providers)
-    result = StageProfile(stage, "onnxruntime", _median_ms(lambda: plain.run(None, feeds), runs), runs)
+    plain_ms = _median_ms(lambda: plain.run(None, feeds), runs)
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.log_severity_level = 3
@@ -203,38 +253,36 @@ def profile_onnxruntime(
     trace = Path(session.end_profiling())
     events = json.loads(trace.read_text())
     trace.unlink()
-    first_run = [e for e in events if e.get("name") == "model_run"]
-    skip_until = first_run[0]["ts"] + first_run[0]["dur"] if first_run else 0
+    calls = [e for e in events if e.get("name") == "model_run"][1:]
+    starts = [e["ts"] for e in calls]
+    result = StageProfile(stage, "onnxruntime", plain_ms, runs, np.asarray([e["dur"] / 1e3 for e in calls]))
     for event in events:
         if (
             event.get("cat") != "Node"
             or not event["name"].endswith("_kernel_time")
-            or event["ts"] < skip_until
+            or event["ts"] < starts[0]
         ):
             continue
         args = event.get("args", {})
-        name = event["name"].removesuffix("_kernel_time")
-        layer = result.layers.setdefault(
-            name, Layer(name, args.get("op_name", "?"), cost=_ort_cost(args.get("op_name", ""), args))
-        )
-        layer.calls += 1
-        layer.total_ms += event["dur"] / 1e3
-        layer.samples.append(event["dur"] / 1e3)
+        op = args.get("op_name", "?")
+        layer = result.layer(event["name"].removesuffix("_kernel_time"), op, _ort_cost(op, args))
+        layer.add(bisect_right(starts, event["ts"]) - 1, event["dur"] / 1e3)
     return result
 
 
 # --- tensorrt --------------------------------------------------------------------------------------------
 def tensorrt_profiler():
-    """A `trt.IProfiler` collecting `report_layer_time(layer_name, ms)` per layer per execution (GPU only)."""
+    """A `trt.IProfiler` adding `report_layer_time(layer_name, ms)` to `result` for profiled call `run`."""
     import tensorrt as trt
 
     class LayerTimes(trt.IProfiler):
         def __init__(self) -> None:
             trt.IProfiler.__init__(self)
-            self.times: dict[str, list[float]] = defaultdict(list)
+            self.result: StageProfile | None = None
+            self.run = 0
 
         def report_layer_time(self, layer_name: str, ms: float) -> None:
-            self.times[layer_name].append(ms)
+            self.result.layer(layer_name, "trt").add(self.run, ms)
 
     return LayerTimes()
 
@@ -242,14 +290,16 @@ def tensorrt_profiler():
 def profile_tensorrt(stage: str, context, execute: Callable[[], object], runs: int) -> StageProfile:
     """`context`: an IExecutionContext of an engine built with ProfilingVerbosity.DETAILED; `execute` runs it
     once synchronously (execute_v2 or enqueue + stream sync). Timing run first, then the profiled runs."""
-    result = StageProfile(stage, "tensorrt", _median_ms(execute, runs), runs)
+    result = StageProfile(stage, "tensorrt", _median_ms(execute, runs), runs, np.zeros(runs))
     profiler = tensorrt_profiler()
+    profiler.result = result
     context.profiler = profiler
     try:
-        for _ in range(runs):
+        for run in range(runs):
+            profiler.run = run
+            start = time.perf_counter()
             execute()
+            result.wall_ms[run] = (time.perf_counter() - start) * 1e3
     finally:
         context.profiler = None
-    for name, times in profiler.times.items():
-        result.layers[name] = Layer(name, "trt", len(times), float(sum(times)), samples=list(times))
     return result

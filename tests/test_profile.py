@@ -1,5 +1,6 @@
-"""rynn-edge profile end to end on a tiny checkpoint (torch) and artifact (onnxruntime): per-layer tables add
-up to the separately timed stage; FLOPs/bytes where computable; CSV, JSON, PNG."""
+"""rynn-edge profile end to end on a tiny checkpoint (torch) and artifact (onnxruntime): per-layer tables
+cover the profiled stage calls (profiling.COVERAGE), every layer kind is in the table;
+FLOPs/bytes where computable; CSV, JSON, PNG."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import pytest
 
 from rynn_edge.runtime.cli import main
+from rynn_edge.runtime.profiling import COVERAGE, OTHER
 from rynn_edge.runtime.roofline import CHAMELEON_VQ, MODES, jetson_peak, stage_costs
 
 STAGES = ("backbone_prefill", "action_head", "backbone_decode")
@@ -18,15 +20,28 @@ def _profile(out, *args, runs: int = 10) -> dict:
     return json.loads((out / "profile.json").read_text())
 
 
+def _accounts_for_the_stage(stage: dict) -> None:
+    """Layers cover the profiled calls (COVERAGE); the (other) row closes the table; timings are sane."""
+    assert stage["coverage"] == pytest.approx(1.0, abs=0.15), stage["stage"]
+    assert stage["rows"][-1]["layer"] == OTHER and stage["rows"][-1]["mean_ms"] >= 0
+    assert sum(r["share"] for r in stage["rows"]) == pytest.approx(1.0)
+    assert 0 < stage["layers_ms"] <= stage["profiled_ms"] * 1.001
+    assert 0.3 < stage["profiler_overhead"] < 5  # same units, same stage: plain and profiled agree roughly
+
+
 def test_torch_layers_sum_to_the_stage(tmp_path, so100_bundle):
     b = so100_bundle
     raw = [str(b["model"]), "--tokenizer", str(b["tokenizer"]), "--vq", str(b["vq"])]
     stages = {}
     for name in STAGES:  # the fast stages, each with enough runs for a stable median on a busy machine
-        (stage,) = _profile(tmp_path / name, *raw, "--stage", name)["stages"]
+        result = _profile(tmp_path / name, *raw, "--stage", name)
+        assert result["coverage_definition"] == COVERAGE
+        (stage,) = result["stages"]
         stages[name] = stage
-        assert stage["coverage"] == pytest.approx(1.0, abs=0.15), name
-        assert sum(r["share"] for r in stage["rows"]) == pytest.approx(1.0)
+        _accounts_for_the_stage(stage)
+    kinds = {r["kind"] for r in stages["backbone_prefill"]["rows"]}
+    called = {"DecoderLayer", "MLP", "RMSNorm", "Linear", "Embedding"}  # the module kinds prefill calls
+    assert called <= kinds
     linear = next(r for r in stages["backbone_prefill"]["rows"] if r["layer"].endswith("mlp.up_proj"))
     assert linear["flops"] > 0 and linear["tflops"] > 0 and linear["bound"] in ("compute", "memory")
     out = tmp_path / "action_head"
@@ -71,7 +86,8 @@ def test_onnxruntime_node_profiler(tmp_path, so100_bundle, frames):
     )
     result = _profile(tmp_path / "out", str(art), "--stage", "backbone_prefill")
     (stage,) = result["stages"]
-    assert result["backend"] == "onnxruntime" and stage["coverage"] == pytest.approx(1.0, abs=0.15)
+    assert result["backend"] == "onnxruntime"
+    _accounts_for_the_stage(stage)
     matmuls = [r for r in stage["rows"] if r["kind"] == "MatMul"]
     assert matmuls and all(r["flops"] > 0 for r in matmuls if r["layer"].endswith("proj/MatMul"))
 

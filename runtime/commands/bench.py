@@ -53,11 +53,9 @@ def _modes(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model", type=Path, metavar="MODEL_OR_ARTIFACTS", help="checkpoint or artifact folder"
-    )
-    parser.add_argument("--tokenizer", type=Path, help="HF tokenizer folder (raw checkpoints)")
-    parser.add_argument("--vq", type=Path, help="VQGAN folder (raw checkpoints)")
+    from rynn_edge.runtime.benchmarking import add_common_arguments
+
+    add_common_arguments(parser, "bench-results")
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -67,7 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision", default=None, help="torch: fp32|bf16|fp16 (default fp32); onnxruntime: the artifact's"
     )
-    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
     parser.add_argument(
         "--chunk-lengths", type=_ints, default=[1, 5, 10, 20, 40], help="T values, e.g. 1,5,10"
     )
@@ -76,7 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--runs", type=int, default=20, help="timed calls per point (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="discarded calls per point (default 3)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--action-rate", type=float, default=30.0, help="actions per second on the arm (30)")
     parser.add_argument(
         "--weights",
@@ -92,9 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra runs BACKEND[:PRECISION][@PATH] in the same sweep; prints ratios to the "
         "first (e.g. torch:fp32 torch:bf16 onnxruntime@ARTIFACTS)",
     )
-    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for CSV/JSON/PNG")
-    parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
 def _spec(text: str, args: argparse.Namespace) -> tuple[str, str | None, Path]:
@@ -203,7 +196,7 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    from rynn_edge.runtime.benchmarking import pyplot
+    from rynn_edge.runtime.benchmarking import pyplot, where
 
     plt = pyplot()
     fig, (ax_lat, ax_rate) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -222,13 +215,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
             color=line[0].get_color(),
             label=f"{label} sustainable Hz",
         )
-    env = result["environment"]
-    where = env["gpu"]["name"] if env["gpu"] and env["device"].startswith("cuda") else env["cpu"]
     ax_lat.set(
         xlabel="chunk length T (actions)",
         ylabel="chunk latency, median (ms)",
         yscale="log",
-        title=f"latency per chunk — {where}",
+        title=f"latency per chunk — {where(result['environment'])}",
     )
     ax_rate.axhline(result["action_rate_hz"], color="grey", lw=0.8)
     ax_rate.set(
@@ -251,10 +242,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.runs < 1 or args.warmup < 0:
         raise UserError("--runs must be >= 1 and --warmup >= 0")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    B.set_threads(args)
     result = sweep(args)
     args.out.mkdir(parents=True, exist_ok=True)
     files = {"csv": args.out / "bench.csv", "json": args.out / "bench.json"}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rynn_edge.runtime.errors import UserError
+from rynn_edge.runtime.profiling import COVERAGE
 
 STAGES = ("vq_encoder", "backbone_prefill", "action_head", "backbone_decode", "vq_decoder")
 BACKENDS = ("torch", "onnxruntime")
@@ -31,21 +32,14 @@ COLUMNS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model", type=Path, metavar="MODEL_OR_ARTIFACTS", help="checkpoint or artifact folder"
-    )
-    parser.add_argument("--tokenizer", type=Path, help="HF tokenizer folder (raw checkpoints)")
-    parser.add_argument("--vq", type=Path, help="VQGAN folder (raw checkpoints)")
+    from rynn_edge.runtime.benchmarking import add_common_arguments
+
+    add_common_arguments(parser, "profile-results")
     parser.add_argument("--backend", choices=BACKENDS, default=None, help="default: by folder kind")
     parser.add_argument("--precision", default="fp32", help="torch: fp32|bf16|fp16 (default fp32)")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     parser.add_argument("--stage", default="all", choices=(*STAGES, "all"), help="one stage or all")
     parser.add_argument("--top", type=int, default=10, help="layers per stage in the terminal (default 10)")
     parser.add_argument("--runs", type=int, default=10, help="timed and profiled calls per stage")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=Path("profile-results"), help="folder for CSV/JSON/PNG")
-    parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
 def profile(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,25 +59,14 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
         profiles = stage_inputs.onnxruntime_profiles(args.model, stages, args.runs)
         dtype = torch.float32
     peak = measure_peak(args.device, dtype, seconds=0.3)
-    out = []
-    for p in profiles:
-        out.append(
-            {
-                "stage": p.stage,
-                "backend": p.backend,
-                "stage_ms": p.stage_ms,
-                "layers_ms": p.layers_ms,
-                "coverage": p.layers_ms / p.stage_ms,
-                "runs": p.runs,
-                "rows": p.rows(peak),
-            }
-        )
+    out = [p.summary(peak) for p in profiles]
     return {
         "command": "profile",
         "model": str(args.model),
         "backend": backend,
         "precision": args.precision if backend == "torch" else "artifact",
         "environment": B.environment(args.device),
+        "coverage_definition": COVERAGE,
         "peak": {
             "name": peak.name,
             "precision": peak.precision,
@@ -95,12 +78,8 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _where(env: dict[str, Any]) -> str:
-    return env["gpu"]["name"] if env["gpu"] and env["device"].startswith("cuda") else env["cpu"]
-
-
 def plot(result: dict[str, Any], path: Path, top: int) -> None:
-    from rynn_edge.runtime.benchmarking import pyplot
+    from rynn_edge.runtime.benchmarking import pyplot, where
 
     plt = pyplot()
     rows = sorted((r for s in result["stages"] for r in s["rows"]), key=lambda r: -r["mean_ms"])[:top]
@@ -111,7 +90,7 @@ def plot(result: dict[str, Any], path: Path, top: int) -> None:
     ax_top.barh(labels, [r["mean_ms"] for r in rows][::-1])
     ax_top.set(
         xlabel="mean ms per stage call",
-        title=f"top {len(rows)} layers — {result['backend']} on {_where(result['environment'])}",
+        title=f"top {len(rows)} layers — {result['backend']} on {where(result['environment'])}",
     )
     ax_top.tick_params(axis="y", labelsize=7)
     total = sum(s["stage_ms"] for s in result["stages"]) or 1.0
@@ -132,10 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.runs < 1 or args.top < 1:
         raise UserError("--runs and --top must be >= 1")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    B.set_threads(args)
     result = profile(args)
     args.out.mkdir(parents=True, exist_ok=True)
     files = {"csv": args.out / "profile.csv", "json": args.out / "profile.json"}
@@ -155,9 +131,9 @@ def run(args: argparse.Namespace) -> int:
     )
     for s in result["stages"]:
         print(
-            f"\n{s['stage']}: {s['stage_ms']:.3f} ms (plain run), layers sum {s['layers_ms']:.3f} ms "
-            f"({100 * s['coverage']:.0f}%)"
+            f"\n{s['stage']}: {s['stage_ms']:.3f} ms plain, {s['profiled_ms']:.3f} ms profiled; layers "
+            f"{s['layers_ms']:.3f} ms = {100 * s['coverage']:.0f}% of the profiled call"
         )
-        print(B.format_table(s["rows"][: args.top], COLUMNS))
-    print("\nwrote " + ", ".join(result["files"].values()))
+        print(B.format_table(s["rows"][: args.top] + s["rows"][-1:], COLUMNS))
+    print(f"\n{COVERAGE}\nwrote " + ", ".join(result["files"].values()))
     return 0
