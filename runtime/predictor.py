@@ -144,37 +144,20 @@ def open_predictor(
     image_size: int = 256,
     trust_pickle: bool = False,
 ) -> Predictor:
-    """A predictor over a raw checkpoint (needs the tokenizer and vq folders) with the torch backend, or
-    over an exported artifact folder (it carries the tokenizer, token table and stats) with onnxruntime."""
+    """A predictor over a raw checkpoint (needs the tokenizer and vq folders; backends torch, cuda) or
+    over an exported artifact folder (it carries the tokenizer, token table and stats; backends
+    onnxruntime, tensorrt)."""
     from rynn_edge.runtime.artifact import Artifact
 
     if Artifact.is_artifact(model):
-        if backend == "tensorrt":
-            from rynn_edge.runtime.backend_tensorrt import TensorRTBackend
-
-            artifact = Artifact.open(model)  # checks the engines' GPU and TensorRT version first
-            return Predictor.open(
-                TensorRTBackend(artifact),
-                tokenizer or artifact.asset("tokenizer"),
-                vq or artifact.asset("image_vocab").parent,
-                stats=stats or artifact.asset("stats"),
-                image_size=image_size,
-            )
-        if backend != "onnxruntime":
-            raise UserError(f"{model} is an exported artifact: run it with --backend onnxruntime or tensorrt")
-        from rynn_edge.runtime.backend_onnxruntime import OnnxRuntimeBackend
-
-        # The ONNX graphs run on any machine: the GPU/TensorRT checks only concern engines.
-        artifact = Artifact.open(model, check_device=False)
+        artifact_backend, artifact = _artifact_backend(model, backend)
         return Predictor.open(
-            OnnxRuntimeBackend(artifact),
+            artifact_backend,
             tokenizer or artifact.asset("tokenizer"),
             vq or artifact.asset("image_vocab").parent,
             stats=stats or artifact.asset("stats"),
             image_size=image_size,
         )
-    from rynn_edge.runtime.backend_torch import TorchBackend
-
     if backend not in ("torch", "cuda"):
         raise UserError(f"backend {backend!r} needs an exported artifact folder (rynn-edge export)")
     for flag, value in (("tokenizer", tokenizer), ("vq", vq)):
@@ -183,12 +166,27 @@ def open_predictor(
     if backend == "cuda":  # torch fast path: bf16, static shapes, CUDA graphs; refuses without a GPU
         from rynn_edge.runtime.backend_cuda import CudaBackend
 
-        return Predictor.open(
-            CudaBackend.open(model, vq, trust_pickle=trust_pickle),
-            tokenizer,
-            vq,
-            stats=stats,
-            image_size=image_size,
-        )
-    torch_backend = TorchBackend(model, vq, trust_pickle=trust_pickle)
-    return Predictor.open(torch_backend, tokenizer, vq, stats=stats, image_size=image_size)
+        checkpoint_backend = CudaBackend.open(model, vq, trust_pickle=trust_pickle)
+    else:
+        from rynn_edge.runtime.backend_torch import TorchBackend
+
+        checkpoint_backend = TorchBackend(model, vq, trust_pickle=trust_pickle)
+    return Predictor.open(checkpoint_backend, tokenizer, vq, stats=stats, image_size=image_size)
+
+
+def _artifact_backend(model: str | Path, backend: str):
+    """The backend over an exported artifact folder, and the verified artifact."""
+    from rynn_edge.runtime.artifact import Artifact
+
+    if backend == "tensorrt":
+        from rynn_edge.runtime.backend_tensorrt import TensorRTBackend
+
+        artifact = Artifact.open(model)  # checks the engines' GPU and TensorRT version first
+        return TensorRTBackend(artifact), artifact
+    if backend != "onnxruntime":
+        raise UserError(f"{model} is an exported artifact: run it with --backend onnxruntime or tensorrt")
+    from rynn_edge.runtime.backend_onnxruntime import OnnxRuntimeBackend
+
+    # The ONNX graphs run on any machine: the GPU/TensorRT checks only concern engines.
+    artifact = Artifact.open(model, check_device=False)
+    return OnnxRuntimeBackend(artifact), artifact
