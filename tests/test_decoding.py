@@ -5,14 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from crafted import IMG, VALUES, A, blocks, craft
 
 from rynn_edge.runtime import decoding
 from rynn_edge.runtime import vocab as V
 from rynn_edge.runtime.backend_torch import TorchStepModel
 from rynn_edge.runtime.checkpoint import load_model
-
-IMG = [V.IMAGE_START_ID, 8812, 8812, 5, 6, V.ROW_END_ID, V.IMAGE_END_ID]
-A = 3  # values per block in the crafted model
 
 
 def test_mask_hides_earlier_action_blocks_after_the_last_image() -> None:
@@ -64,51 +62,13 @@ def test_image_spans_split_generated_images() -> None:
     assert spans[0] == IMG and spans[1] == [*IMG[:4], V.TURN_SEP_ID]
 
 
-# --- crafted weights ------------------------------------------------------------------------------------
-def _structure() -> tuple[list[tuple[list[int], list[int]]], list[list[int]]]:
-    """(members, follows) per class: the current token's class decides which tokens may come next.
-
-    8710 / 15004 -> 10004 -> value subset 1 -> ... -> value subset A -> 15004 -> 10004 -> ...
-    """
-    values = np.arange(V.ACTION_VALUE_OFFSET + 1, V.ACTION_VALUE_OFFSET + 1 + 240)
-    subsets = [s.tolist() for s in np.array_split(values, A)]
-    classes = [([V.TURN_SEP_ID, V.ACTION_END_ID], [V.ACTION_START_ID]), ([V.ACTION_START_ID], subsets[0])]
-    classes += [(subsets[k - 1], subsets[k]) for k in range(1, A)]
-    classes.append((subsets[-1], [V.ACTION_END_ID]))
-    return classes, subsets
-
-
+# --- crafted weights (tests/crafted.py) ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def crafted(so100_bundle):
-    """Backbone whose next-token CLASS follows the block structure from the current token alone, while
-    the choice inside a value subset depends only on attention output (so on the mask).
-
-    Embeddings live in the first half of the hidden dims (structure tokens along orthonormal class
-    directions); attention writes only to the second half; the MLPs are off. lm_head reads the class
-    from the first half and picks the value inside a subset from the second half.
-    """
+    """A backbone that emits 10004, A values, 15004, 10004, ... with values chosen by attention."""
     cfg, backbone, _ = load_model(so100_bundle["model"])
-    h = cfg.hidden_size
-    half = h // 2
-    gen = torch.Generator().manual_seed(7)
-    classes, subsets = _structure()
-    directions = torch.linalg.qr(torch.randn(half, len(classes), generator=gen))[0].T
-    with torch.no_grad():
-        emb = backbone.embed_tokens.weight
-        emb.normal_(generator=gen)
-        emb[:, half:] = 0
-        head = backbone.lm_head.weight
-        head.zero_()
-        for direction, (members, follows) in zip(directions, classes, strict=True):
-            emb[members, :half] = 0.3 * emb[members, :half] + 12.0 * direction
-            head[follows, :half] = 4.0 * direction
-        for subset in subsets:
-            head[subset, half:] = torch.randn(len(subset), h - half, generator=gen)
-        for layer in backbone.layers:
-            layer.self_attn.o_proj.weight[:half] = 0
-            layer.mlp.down_proj.weight.zero_()
-        backbone.norm.weight.fill_(1.0)
-    return cfg, backbone, subsets
+    craft(backbone, blocks(V.ACTION_START_ID, V.ACTION_START_ID))
+    return cfg, backbone, VALUES
 
 
 def _prompt(cfg) -> list[int]:
