@@ -31,6 +31,16 @@ FLOOR_BYTES = 26 + 14 + 6 * 8
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def write_report(name: str, report: dict, rows: list[dict]) -> None:
+    """benchmarks/results/NAME.json (the whole report) and NAME.csv (one line per row)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    with open(RESULTS / f"{name}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def machine() -> dict:
     cpu = "unknown"
     try:
@@ -146,12 +156,7 @@ def main() -> None:
             "SDK p50 is below the physical wire floor: scservo_sdk 1.0.0 never flushes RX before a request, "
             "so after one late read it keeps consuming the PREVIOUS cycle's replies (one cycle stale)"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bus_cycle.json").write_text(json.dumps(report, indent=2) + "\n")
-    with open(RESULTS / "bus_cycle.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_report("bus_cycle", report, rows)
     for r in rows:
         print(
             f"{r['impl']:45s} p50 {r['p50_us']:8.1f} us  p99 {r['p99_us']:8.1f} us"

@@ -12,14 +12,12 @@ Writes benchmarks/results/loop_jitter.{json,csv}.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
+from bus_cycle import machine, write_report  # same folder
 
 from rynn_edge.kernels import _native as fe
 from rynn_edge.kernels.feetech import records_to_numpy
@@ -28,13 +26,6 @@ from rynn_edge.runtime.sim import launch
 IDS = [1, 2, 3, 4, 5, 6]
 # The simulator stands in for servo hardware, which answers in silicon and is never starved of CPU.
 SIM_RT_PRIORITY = 70
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> dict:
-    from bus_cycle import machine as bus_machine  # same folder
-
-    return bus_machine()
 
 
 class TorchLoad:
@@ -191,12 +182,7 @@ def main() -> None:
         "ratios": ratios,
         "target": "C p99 <= 200 us and >= 10x lower than Python's",
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "loop_jitter.json").write_text(json.dumps(report, indent=2) + "\n")
-    with open(RESULTS / "loop_jitter.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_report("loop_jitter", report, rows)
     for r in rows:
         print(f"{r['impl']:25s} {r['rate_hz']:5.0f} Hz  p50 {r['p50_us']:8.1f} us  p99 {r['p99_us']:8.1f} us"
               f"  max {r['max_us']:8.1f} us  | bus p50 {r['bus_p50_us']:7.0f} p99 {r['bus_p99_us']:7.0f} us"
