@@ -118,6 +118,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         "gpu": gpu,
         "device": device,
         "versions": versions(),
+        "loadavg": list(os.getloadavg()),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

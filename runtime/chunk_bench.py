@@ -149,16 +149,20 @@ def _query(predictor) -> tuple[list[int], np.ndarray]:
     return ids, to_model_input(views, predictor.image_size).numpy()
 
 
+def _check_raw(tokenizer: Path | None, vq: Path | None, precision: str) -> None:
+    if precision not in DTYPES:
+        raise UserError(f"torch/cuda run {', '.join(DTYPES)}; {precision} needs an exported artifact")
+    if tokenizer is None or vq is None:
+        raise UserError("--tokenizer DIR and --vq DIR are required with a raw checkpoint")
+
+
 def torch_runner(
     model: Path, tokenizer: Path | None, vq: Path | None, precision: str, device: str, weights: str
 ) -> ChunkRunner:
     from rynn_edge.runtime.backend_torch import TorchBackend
     from rynn_edge.runtime.predictor import Predictor
 
-    if precision not in DTYPES:
-        raise UserError(f"torch runs {', '.join(DTYPES)}; {precision} needs an exported artifact")
-    if tokenizer is None or vq is None:
-        raise UserError("--tokenizer DIR and --vq DIR are required with a raw checkpoint")
+    _check_raw(tokenizer, vq, precision)
     backend = TorchBackend(model, vq, dtype=DTYPES[precision])
     ids, pixels = _query(Predictor.open(backend, tokenizer, vq))
     dev = torch.device(device)
@@ -201,8 +205,48 @@ def torch_runner(
     )
 
 
+def cuda_runner(
+    model: Path, tokenizer: Path | None, vq: Path | None, precision: str, weights: str
+) -> ChunkRunner:
+    """The torch CUDA fast backend (issue 5): CUDA graphs per shape; a head for another T gets its own
+    backend over the same backbone and VQGAN (graphs are cached per backend). UserError without a GPU."""
+    from dataclasses import replace
+
+    from rynn_edge.runtime.backend_cuda import CudaBackend
+    from rynn_edge.runtime.predictor import Predictor
+
+    _check_raw(tokenizer, vq, precision)
+    backend = CudaBackend.open(model, vq, device="cuda", dtype=DTYPES[precision])
+    ids, pixels = _query(Predictor.open(backend, tokenizer, vq))
+
+    def continuous(time_horizon: int) -> tuple[Callable[[], object], str]:
+        head, queries = head_for(backend.head, time_horizon)
+        chunk = backend
+        if queries == "synthetic":
+            config = replace(backend.config, time_horizon=time_horizon)
+            chunk = CudaBackend(
+                config, backend.backbone, head, backend.vqgan, device=backend.device, dtype=backend.dtype
+            )
+        return (lambda: chunk.actions(ids)), queries
+
+    return ChunkRunner(
+        "cuda",
+        precision,
+        "cuda",
+        backend.time_horizon,
+        backend.action_dim,
+        ids,
+        pixels,
+        weights,
+        lambda: backend.vq_encode(pixels),
+        continuous,
+        backend.step_model,
+        backend.batch_step_model,
+    )
+
+
 def _no_gpu_steps():
-    raise UserError("discrete modes on GPU need the CUDA backend (issue 5): use --modes continuous")
+    raise UserError("discrete modes on GPU: use --backend cuda (CUDA graphs), or --modes continuous")
 
 
 def onnxruntime_runner(artifact_dir: Path, precision: str | None, weights: str) -> ChunkRunner:

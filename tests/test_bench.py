@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from rynn_edge.runtime.benchmarking import execute_whole_chunk_hz, sustainable_hz
 from rynn_edge.runtime.cli import main
@@ -93,3 +94,11 @@ def test_bad_arguments_are_user_errors(so100_bundle, capsys):
         main(["bench", str(so100_bundle["model"]), "--runs", "1"]) == 2
     )  # raw checkpoint without --tokenizer
     assert "--tokenizer" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message is for machines without a GPU")
+def test_cuda_backend_without_a_gpu_says_so(so100_bundle, capsys):
+    b = so100_bundle
+    raw = [str(b["model"]), "--tokenizer", str(b["tokenizer"]), "--vq", str(b["vq"])]
+    assert main(["bench", *raw, "--backend", "cuda", "--runs", "1"]) == 2
+    assert "needs an NVIDIA GPU" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from typing import Any
 
 from rynn_edge.runtime.errors import UserError
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "cuda", "onnxruntime")
 MODES = ("continuous", "discrete-sequential", "discrete-parallel")
 COLUMNS = (
     "backend",
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         choices=BACKENDS,
         default=None,
-        help="default: torch, or onnxruntime for an artifact folder",
+        help="default: torch, or onnxruntime for an artifact folder; cuda: the CUDA-graph fast path (GPU)",
     )
     parser.add_argument(
         "--precision", default=None, help="torch: fp32|bf16|fp16 (default fp32); onnxruntime: the artifact's"
@@ -120,6 +120,8 @@ def _runner(backend: str, precision: str | None, model: Path, args: argparse.Nam
         return chunk_bench.onnxruntime_runner(model, precision, weights)
     if Artifact.is_artifact(model):
         raise UserError(f"{model} is an artifact folder: use --backend onnxruntime")
+    if backend == "cuda":
+        return chunk_bench.cuda_runner(model, args.tokenizer, args.vq, precision or "bf16", weights)
     return chunk_bench.torch_runner(model, args.tokenizer, args.vq, precision or "fp32", args.device, weights)
 
 
@@ -147,6 +149,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
                     "decode_steps": decode_steps(mode, t, runner.action_dim),
                     "prompt_tokens": len(runner.prompt_ids),
                     "views": int(runner.pixels.shape[0]),
+                    "image_size": int(runner.pixels.shape[-1]),
                 }
                 made = runner.chunk(t, mode)
                 if isinstance(made, str):
