@@ -11,21 +11,26 @@ writes them at their slots, so the graph never scatters and its cache input keep
 
 from __future__ import annotations
 
+import hashlib
+import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
+from onnx import helper, numpy_helper
+from onnx.external_data_helper import set_external_data
 from torch import Tensor, nn
 
 from rynn_edge.runtime.action_head import ActionHead
-from rynn_edge.runtime.backbone import ChameleonBackbone, HeadNorm
+from rynn_edge.runtime.backbone import ChameleonBackbone
 from rynn_edge.runtime.vqgan import VQGAN
 
 OPSET = 18
-PROTOBUF_LIMIT = 2**31 - 2**24  # stay clear of protobuf's 2 GiB ceiling (headers, graph, names)
 VQ_FACTOR = 16
 
 
@@ -67,21 +72,41 @@ class VQDecoder(nn.Module):
         return (unit.permute(0, 2, 3, 1) * 255).to(torch.uint8)
 
 
-class StaticHeadNorm(HeadNorm):
-    """HeadNorm with head_dim as a Python int: the TorchScript exporter cannot take a traced
-    `x.shape[-1]` as LayerNorm's normalized_shape."""
+class MatMulLinear(nn.Module):
+    """A bias-free nn.Linear as `x @ weight_t`, its parameter the [in, out] transposed *view* of the
+    linear's weight (no copy): exported with `export_params=False` the graph reads a named weight
+    input straight into MatMul, where the exporter would otherwise fold Transpose(W) into an anonymous
+    constant."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight_t = nn.Parameter(linear.weight.detach().t(), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.layer_norm(x, (self.weight.shape[-1],), None, None, eps=1e-5)
-        return x * self.weight + self.bias
+        return x @ self.weight_t
 
 
-def exportable(backbone: ChameleonBackbone) -> ChameleonBackbone:
-    """Swap every HeadNorm for StaticHeadNorm in place (same parameters, same ops)."""
-    for layer in backbone.layers:
-        for norm in (layer.self_attn.q_norm, layer.self_attn.k_norm):
-            norm.__class__ = StaticHeadNorm
-    return backbone
+def linear_weight(name: str) -> str:
+    """ONNX name of backbone linear `name`'s weight [in, out] in the backbone graphs."""
+    return f"{name}.weight_t"
+
+
+@contextmanager
+def matmul_linears(backbone: ChameleonBackbone) -> Iterator[None]:
+    """Swap every nn.Linear of `backbone` for a MatMulLinear while exporting, then put them back."""
+    swapped = [
+        (parent, attr, child)
+        for parent in backbone.modules()
+        for attr, child in parent.named_children()
+        if isinstance(child, nn.Linear) and child.bias is None
+    ]
+    for parent, attr, child in swapped:
+        setattr(parent, attr, MatMulLinear(child))
+    try:
+        yield
+    finally:
+        for parent, attr, child in swapped:
+            setattr(parent, attr, child)
 
 
 class BackbonePrefill(nn.Module):
@@ -89,7 +114,7 @@ class BackbonePrefill(nn.Module):
 
     def __init__(self, backbone: ChameleonBackbone):
         super().__init__()
-        self.backbone = exportable(backbone)
+        self.backbone = backbone
 
     def forward(self, ids: Tensor, positions: Tensor, key_mask: Tensor) -> Tensor:
         return self.backbone.prefill(ids, positions, key_mask).float()
@@ -105,7 +130,7 @@ class BackboneDecode(nn.Module):
 
     def __init__(self, backbone: ChameleonBackbone):
         super().__init__()
-        self.backbone = exportable(backbone)
+        self.backbone = backbone
 
     def forward(
         self, ids: Tensor, positions: Tensor, past_k: Tensor, past_v: Tensor, attn_mask: Tensor
@@ -155,6 +180,32 @@ STAGE_IO = {
 }
 
 
+def _export(
+    module: nn.Module,
+    example: tuple[Tensor, ...],
+    stage: str,
+    dynamic: dict[str, dict[int, str]],
+    f: str | io.BytesIO,
+    params: bool,
+) -> None:
+    names = STAGE_IO[stage]
+    with warnings.catch_warnings(), torch.inference_mode():
+        # The TorchScript exporter is deprecated upstream but needs no onnxscript and keeps plain ops.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            example,
+            f,
+            input_names=list(names.inputs),
+            output_names=list(names.outputs),
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            export_params=params,
+            dynamo=False,
+        )
+
+
 def export_graph(
     module: nn.Module,
     example: tuple[Tensor, ...],
@@ -162,37 +213,105 @@ def export_graph(
     dynamic: dict[str, dict[int, str]],
     path: Path,
 ) -> Path:
-    """torch -> ONNX at `path` (weights in `path.data` when the graph would pass protobuf's limit)."""
-    io = STAGE_IO[stage]
-    with warnings.catch_warnings(), torch.inference_mode():
-        # The TorchScript exporter is deprecated upstream but needs no onnxscript and keeps plain ops.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(),
-            example,
-            str(path),
-            input_names=list(io.inputs),
-            output_names=list(io.outputs),
-            dynamic_axes=dynamic,
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    """torch -> ONNX at `path`, weights inside (the VQGAN and the action head: far below 2 GB)."""
+    _export(module, example, stage, dynamic, str(path), params=True)
     return path
 
 
-def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """Save with external data (one `<name>.data` file) when the weights exceed protobuf's limit."""
-    external = sum(len(t.raw_data) for t in model.graph.initializer) > PROTOBUF_LIMIT
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        data.unlink()
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=external,
-        all_tensors_to_one_file=True,
-        location=data.name,
-        size_threshold=1024,
-    )
+def export_backbone_graph(
+    module: BackbonePrefill | BackboneDecode,
+    example: tuple[Tensor, ...],
+    stage: str,
+    dynamic: dict[str, dict[int, str]],
+) -> onnx.ModelProto:
+    """A backbone graph *without* its weights: every weight is a graph input named after the backbone's
+    parameter (linears as `linear_weight(name)`), for `quantize` and `attach_weights` to turn into
+    initializers in a WeightFile one tensor at a time. The exporter never holds a copy of the weights,
+    so exporting costs about the graph's size, not the model's."""
+    buffer = io.BytesIO()
+    with matmul_linears(module.backbone):
+        _export(module, example, stage, dynamic, buffer, params=False)
+    model = onnx.load_from_string(buffer.getvalue())
+    prefix = "backbone."
+    renamed = {i.name: i.name.removeprefix(prefix) for i in model.graph.input if i.name.startswith(prefix)}
+    # The exporter casts some linears' weights to match an input whose ONNX type differs from torch's
+    # (an fp16 graph's o_proj reads SDPA's fp32 output, so it runs fp32) and folds the cast into an
+    # anonymous input "onnx::MatMul_N". Linears run in the order the modules are registered, so an
+    # anonymous weight belongs to the linear after the last named one read before it (shape-checked).
+    order = [linear_weight(n) for n, m in module.backbone.named_modules() if isinstance(m, nn.Linear)]
+    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    params = dict(module.backbone.named_parameters())
+    after = 0
+    for node in model.graph.node:
+        weight = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else ""
+        if weight.startswith(prefix) and weight.removeprefix(prefix) in order:
+            after = order.index(weight.removeprefix(prefix)) + 1
+        elif weight.startswith("onnx::") and weight in shapes:
+            name = order[min(after, len(order) - 1)]
+            torch_shape = list(params[name.removesuffix("_t")].shape[::-1])  # the weight [in, out]
+            if after == len(order) or f"{prefix}{name}" in renamed or shapes[weight] != torch_shape:
+                raise RuntimeError(f"{stage}: cannot tell which linear's weight {weight} is")
+            renamed[weight] = name
+            after += 1
+    for value in model.graph.input:
+        value.name = renamed.get(value.name, value.name)
+    for node in model.graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+    return model
 
+
+def backbone_weights(backbone: ChameleonBackbone) -> dict[str, Tensor]:
+    """Graph weight name -> tensor (views, no copies) for every weight a backbone graph can read."""
+    weights = dict(backbone.named_parameters())
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.Linear) and module.bias is None:
+            weights[linear_weight(name)] = weights.pop(f"{name}.weight").t()
+    return weights
+
+
+class WeightFile:
+    """One external-data file that several graphs' initializers point into (prefill and decode share a
+    backbone's weights, so they are stored once). Tensors are appended one at a time, each at a 64 KiB
+    aligned offset (onnxruntime memory-maps aligned external data); identical bytes are stored once."""
+
+    ALIGN = 1 << 16
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = path.open("wb")
+        self._stored: dict[tuple, tuple[int, int]] = {}  # (dtype, dims, digest) -> (offset, length)
+
+    def add(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
+        """Move `tensor`'s raw_data into the file; returns it, now referring to the file."""
+        data = tensor.raw_data
+        key = (tensor.data_type, tuple(tensor.dims), hashlib.blake2b(data).digest())
+        if key not in self._stored:
+            offset = (self._file.tell() + self.ALIGN - 1) // self.ALIGN * self.ALIGN
+            self._file.seek(offset)
+            self._file.write(data)
+            self._stored[key] = (offset, len(data))
+        set_external_data(tensor, self.path.name, *self._stored[key])
+        tensor.ClearField("raw_data")
+        return tensor
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def attach_weights(model: onnx.ModelProto, stage: str, weights: dict[str, Tensor], file: WeightFile) -> None:
+    """Turn every weight input of `model` (see export_backbone_graph) into an initializer in `file`."""
+    inputs = STAGE_IO[stage].inputs
+    unknown = [i.name for i in model.graph.input if i.name not in weights and i.name not in inputs]
+    if unknown:
+        raise RuntimeError(f"graph inputs that are neither stage inputs nor backbone weights: {unknown[:5]}")
+    for value in [i for i in model.graph.input if i.name in weights]:
+        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        array = np.ascontiguousarray(weights[value.name].detach().numpy(), dtype=dtype)
+        model.graph.initializer.append(file.add(numpy_helper.from_array(array, value.name)))
+        del array
+        model.graph.input.remove(value)
+
+
+def save_graph(model: onnx.ModelProto, path: Path) -> None:
+    """Write a graph whose weights are already in a WeightFile (the proto itself is small)."""
+    path.write_bytes(model.SerializeToString())

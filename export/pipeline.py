@@ -3,7 +3,10 @@
 Phases run one after another and free what they loaded, so peak memory stays near the largest
 single phase: (1) the fp32 torch reference on calibration/held-out queries (and calibration
 statistics), (2) each stage's export in its own dtype, (3) onnxruntime over the written graphs for
-the accuracy report, (4) optional TensorRT engines and a Triton model repository.
+the accuracy report, one graph's session at a time, (4) optional TensorRT engines and a Triton model
+repository. The backbone graphs are exported without weights and their weights streamed, one tensor
+at a time, into one external-data file both graphs share (`WEIGHTS`), so phase (2) holds the model
+once plus a tensor, not the exporter's copies of it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import json
 import platform
 import shutil
 import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -41,6 +43,7 @@ VQ_SIZES = (256, 512)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # Longest generation the decode profile covers: one 512-px image (3 + 32*33 + 1 tokens) + separator.
 MAX_NEW_TOKENS = 3 + 32 * 33 + 1 + 1
+WEIGHTS = "backbone.data"  # the backbone graphs' shared external data
 
 
 @dataclass
@@ -103,22 +106,16 @@ class ReferenceRun:
 
 
 def reference_run(
-    opts: Options, cfg: ModelConfig, samples: list[calibration.Sample], precisions: dict[str, str], tmp: Path
+    opts: Options, cfg: ModelConfig, samples: list[calibration.Sample], precisions: dict[str, str]
 ) -> ReferenceRun:
     """fp32 torch over every sample: held-out references, prompt lengths and calibration statistics.
-    The action head is exported here, from the fp32 weights (it always runs fp32)."""
+    The action head is exported here, from the fp32 weights (it always runs fp32), once the fp32
+    backbone is freed."""
     from tqdm import tqdm
 
     from rynn_edge.runtime.backend_torch import TorchBackend
 
     backend = TorchBackend(opts.model, opts.vq)
-    if "action_head" in precisions:
-        spec = _io_spec(cfg, "action_head")
-        example = (torch.zeros(1, 8, cfg.hidden_size), torch.ones(1, 8, dtype=torch.bool))
-        module = onnx_graphs.ActionHeadGraph(backend.head, torch.float32)
-        onnx_graphs.export_graph(
-            module, example, "action_head", _dynamic_axes(spec), tmp / "action_head.onnx"
-        )
     predictor = Predictor.open(backend, opts.tokenizer, opts.vq, stats=opts.stats, image_size=256)
     calib_samples, held_out = calibration.split(samples)
     lengths: list[int] = []
@@ -156,6 +153,15 @@ def reference_run(
             references.append(
                 accuracy.Reference(vq, ids, hidden[0].numpy(), backend.head(hidden, valid)[0].numpy(), tokens)
             )
+    del backend.backbone  # the fp32 backbone is done: free it before the head export below
+    gc.collect()
+    if "action_head" in precisions:
+        spec = _io_spec(cfg, "action_head")
+        example = (torch.zeros(1, 8, cfg.hidden_size), torch.ones(1, 8, dtype=torch.bool))
+        module = onnx_graphs.ActionHeadGraph(backend.head, torch.float32)
+        onnx_graphs.export_graph(
+            module, example, "action_head", _dynamic_axes(spec), opts.out / "action_head.onnx"
+        )
     return ReferenceRun(references, lengths, calib, instructions)
 
 
@@ -237,16 +243,7 @@ def trt_profile(
     return {name: tuple(_concrete(spec[name][0], p) for p in points) for name in inputs}  # type: ignore[misc]
 
 
-def _save(tmp_path: Path, out_path: Path, transform=None) -> None:
-    model = onnx.load(str(tmp_path))
-    if transform is not None:
-        transform(model)
-    onnx_graphs.save_model(model, out_path)
-    del model
-    gc.collect()
-
-
-def export_vq(opts: Options, cfg: ModelConfig, precisions: dict[str, str], tmp: Path) -> list[str]:
+def export_vq(opts: Options, cfg: ModelConfig, precisions: dict[str, str]) -> list[str]:
     vq = VQGAN.from_dir(opts.vq)
     written = []
     if "vq_encoder" in precisions:
@@ -260,26 +257,28 @@ def export_vq(opts: Options, cfg: ModelConfig, precisions: dict[str, str], tmp: 
                 example,
                 "vq_encoder",
                 _dynamic_axes(spec),
-                tmp / f"{name}.onnx",
+                opts.out / f"{name}.onnx",
             )
-            _save(tmp / f"{name}.onnx", opts.out / f"{name}.onnx")
             written.append(name)
     if "vq_decoder" in precisions:
         spec = _io_spec(cfg, "vq_decoder")
         example = (torch.zeros(1, 16, 16, dtype=torch.int32),)
         module = onnx_graphs.VQDecoder(vq, DTYPES[precisions["vq_decoder"]])
-        onnx_graphs.export_graph(module, example, "vq_decoder", _dynamic_axes(spec), tmp / "vq_decoder.onnx")
-        _save(tmp / "vq_decoder.onnx", opts.out / "vq_decoder.onnx")
+        onnx_graphs.export_graph(
+            module, example, "vq_decoder", _dynamic_axes(spec), opts.out / "vq_decoder.onnx"
+        )
         written.append("vq_decoder")
     return written
 
 
 def export_backbone(
-    opts: Options, cfg: ModelConfig, precisions: dict[str, str], calib: quantize.Calibration | None, tmp: Path
+    opts: Options, cfg: ModelConfig, precisions: dict[str, str], calib: quantize.Calibration | None
 ) -> dict[str, dict[str, int]]:
-    """Export the backbone graphs, quantize them, save them (and the action head exported earlier);
-    returns Q/DQ counts per quantized stage."""
+    """Export the backbone graphs without weights, quantize them, then stream the weights into the one
+    file both graphs point into (`WEIGHTS`); returns Q/DQ counts per quantized stage."""
     stages = [s for s in ("backbone_prefill", "backbone_decode") if s in precisions]
+    if not stages:
+        return {}
     scheme = {s: precisions[s] for s in stages}
     base = "fp32" if all(p == "fp32" for p in scheme.values()) else "fp16"
     _, backbone, _ = load_model(opts.model, dtype=DTYPES[base])
@@ -287,47 +286,35 @@ def export_backbone(
     ids = torch.zeros(1, length, dtype=torch.long)
     positions = torch.arange(length)[None]
     mask = torch.ones(1, length, dtype=torch.bool)
+    cache = torch.zeros(
+        cfg.num_hidden_layers, 1, cfg.num_attention_heads, 4, cfg.head_dim, dtype=DTYPES[base]
+    )
     examples = {
         "backbone_prefill": (onnx_graphs.BackbonePrefill(backbone), (ids, positions, mask)),
         "backbone_decode": (
             onnx_graphs.BackboneDecode(backbone),
-            (
-                ids[:, :2],
-                positions[:, :2],
-                *[
-                    torch.zeros(
-                        cfg.num_hidden_layers, 1, cfg.num_attention_heads, 4, cfg.head_dim, dtype=DTYPES[base]
-                    )
-                ]
-                * 2,
-                torch.ones(1, 2, 6, dtype=torch.bool),
-            ),
+            (ids[:, :2], positions[:, :2], cache, cache, torch.ones(1, 2, 6, dtype=torch.bool)),
         ),
     }
-    for stage in stages:
-        module, example = examples[stage]
-        onnx_graphs.export_graph(
-            module, example, stage, _dynamic_axes(_io_spec(cfg, stage)), tmp / f"{stage}.onnx"
-        )
+    weights = onnx_graphs.backbone_weights(backbone)
+    file = onnx_graphs.WeightFile(opts.out / WEIGHTS)
     counts: dict[str, dict[str, int]] = {}
-    quantized = {s: p for s, p in scheme.items() if p in quantize.SCHEMES}
-    if not quantized:
-        del examples, backbone
-        gc.collect()
-    for stage in stages:
-        if stage in quantized:
-
-            def transform(model: onnx.ModelProto, stage: str = stage) -> None:
-                quantize.quantize_backbone(model, backbone, quantized[stage], calib)
+    try:
+        for stage in stages:
+            module, example = examples[stage]
+            model = onnx_graphs.export_backbone_graph(
+                module, example, stage, _dynamic_axes(_io_spec(cfg, stage))
+            )
+            if scheme[stage] in quantize.SCHEMES:
+                quantize.quantize_backbone(model, backbone, scheme[stage], calib, file)
+            onnx_graphs.attach_weights(model, stage, weights, file)
+            if scheme[stage] in quantize.SCHEMES:
                 counts[stage] = quantize.check_quantized(
-                    model, quantized[stage], cfg.num_hidden_layers, cfg.vocab_size
+                    model, scheme[stage], cfg.num_hidden_layers, cfg.vocab_size
                 ).as_dict()
-
-            _save(tmp / f"{stage}.onnx", opts.out / f"{stage}.onnx", transform)
-        else:
-            _save(tmp / f"{stage}.onnx", opts.out / f"{stage}.onnx")
-    if "action_head" in precisions:
-        _save(tmp / "action_head.onnx", opts.out / "action_head.onnx")
+            onnx_graphs.save_graph(model, opts.out / f"{stage}.onnx")
+    finally:
+        file.close()
     return counts
 
 
@@ -403,6 +390,7 @@ def _stage_entries(
                     for n, (shape, dt) in spec.items()
                 },
                 "profile": {d.name: [d.min, d.opt, d.max] for d in dims[stage].values()},
+                **({"external_data": WEIGHTS} if stage.startswith("backbone") else {}),
                 **({"quantization": counts[stage]} if stage in counts else {}),
             }
     return entries
@@ -430,11 +418,11 @@ def export(opts: Options) -> dict[str, Any]:
             flush=True,
         )
     _prepare_out(opts.out)
-    with tempfile.TemporaryDirectory(prefix="rynn-export-") as tmp:
-        run = reference_run(opts, cfg, samples, precisions, Path(tmp))
-        gc.collect()
-        export_vq(opts, cfg, precisions, Path(tmp))
-        counts = export_backbone(opts, cfg, precisions, run.calibration, Path(tmp))
+    run = reference_run(opts, cfg, samples, precisions)
+    gc.collect()
+    export_vq(opts, cfg, precisions)
+    counts = export_backbone(opts, cfg, precisions, run.calibration)
+    gc.collect()
     dims = profiles(cfg, run.prompt_lengths)
     assets = write_assets(opts, run.instructions)
     manifest: dict[str, Any] = {
@@ -453,12 +441,15 @@ def export(opts: Options) -> dict[str, Any]:
             "quantization": "explicit Q/DQ (see rynn_edge.export.quantize)",
         },
     }
-    backend = OnnxRuntimeBackend(Artifact(opts.out, manifest), ["CPUExecutionProvider"])
-    metrics = accuracy.measure(backend, run.references, set(manifest["stages"]))
+    artifact = Artifact(opts.out, manifest)
+    metrics = accuracy.measure(
+        lambda: OnnxRuntimeBackend(artifact, ["CPUExecutionProvider"]),
+        run.references,
+        set(manifest["stages"]),
+    )
     report = accuracy.judge(metrics, precisions)
     failed = accuracy.failures(report)
     manifest["accuracy"] = {"metrics": report, "passed": not failed, "samples": len(run.references)}
-    del backend
     trt = tensorrt_build.load_tensorrt() if opts.target == "tensorrt" else None
     if trt is not None:
         manifest["target"] = build_engines(trt, opts, cfg, manifest, dims)

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+
+from rynn_edge.export.onnx_graphs import WeightFile, linear_weight
 
 QUANT_OPSET = 21
 SMOOTH_ALPHA = 0.5
@@ -66,31 +67,15 @@ def backbone_linears(backbone: nn.Module) -> dict[str, nn.Linear]:
     }
 
 
-def _weight_key(w: np.ndarray) -> tuple:
-    return (w.shape, w.reshape(-1)[:16].tobytes())
-
-
 def match_linears(model: onnx.ModelProto, backbone: nn.Module) -> dict[str, onnx.NodeProto]:
-    """torch linear name -> its MatMul node, matched by weight content.
-
-    The exporter stores a Linear as MatMul(x, W^T) with W^T a renamed initializer and node names
-    that need not carry the module path; the weights identify them."""
-    inits = {i.name: i for i in model.graph.initializer}
-    by_key: dict[tuple, list[tuple[onnx.NodeProto, np.ndarray]]] = {}
+    """torch linear name -> the one MatMul that reads its weight (named `onnx_graphs.linear_weight`)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
-        init = inits.get(node.input[1]) if node.op_type == "MatMul" else None
-        if init is not None and len(init.dims) == 2:
-            w = numpy_helper.to_array(init)
-            by_key.setdefault(_weight_key(w), []).append((node, w))
+        if node.op_type == "MatMul":
+            readers.setdefault(node.input[1], []).append(node)
     found, missing = {}, []
-    for name, linear in backbone_linears(backbone).items():
-        wt = linear.weight.detach().T.contiguous()
-        hits = [
-            node
-            for dtype in (torch.float32, torch.float16)
-            for node, w in by_key.get(_weight_key(wt.to(dtype).numpy()), [])
-            if np.array_equal(w, wt.to(dtype).numpy())
-        ]
+    for name in backbone_linears(backbone):
+        hits = readers.get(linear_weight(name), [])
         if len(hits) == 1:
             found[name] = hits[0]
         else:
@@ -102,22 +87,35 @@ def match_linears(model: onnx.ModelProto, backbone: nn.Module) -> dict[str, onnx
 
 class _Writer:
     """Adds initializers/nodes to a graph and rewires MatMul inputs. Scales take the dtype of the
-    weight they replace (the exporter leaves some linears fp32 inside an fp16 graph)."""
+    weight they replace (the exporter leaves some linears fp32 inside an fp16 graph).
 
-    def __init__(self, model: onnx.ModelProto):
+    A linear's weight is the graph's initializer when it has one, else (a graph from
+    `onnx_graphs.export_backbone_graph`, weights still inputs) the torch linear's. With a `file`, every
+    new tensor of 1 KiB or more goes to that external-data file as it is made."""
+
+    def __init__(self, model: onnx.ModelProto, file: WeightFile | None):
         self.graph = model.graph
+        self.file = file
         self.inits = {i.name: i for i in model.graph.initializer}
         self.new_nodes: dict[str, list[onnx.NodeProto]] = {}  # by MatMul output: inserted before it
         self.np_float: type = np.float32
 
-    def weight(self, node: onnx.NodeProto) -> np.ndarray:
-        """The float32 weight of `node`; later scales of this node take its stored dtype."""
-        w = numpy_helper.to_array(self.inits[node.input[1]])
+    def weight(self, node: onnx.NodeProto, linear: nn.Linear) -> np.ndarray:
+        """The float32 weight [K, N] of `node`; later scales of this node take its stored dtype."""
+        init = self.inits.get(node.input[1])
+        if init is not None:
+            w = numpy_helper.to_array(init)
+        else:  # in the graph's dtype (the exporter leaves some linears fp32 inside an fp16 graph)
+            value = next(i for i in self.graph.input if i.name == node.input[1])
+            dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+            w = linear.weight.detach().t().numpy().astype(dtype)
         self.np_float = w.dtype.type
         return w.astype(np.float32)
 
     def const(self, name: str, value: np.ndarray) -> str:
         tensor = numpy_helper.from_array(value, name)
+        if self.file is not None and len(tensor.raw_data) >= 1024:
+            tensor = self.file.add(tensor)
         self.graph.initializer.append(tensor)
         return name
 
@@ -130,7 +128,10 @@ class _Writer:
         attrs = {"axis": axis, **({"block_size": block} if block else {})}
         self._insert(node, helper.make_node("DequantizeLinear", dq_inputs, [out], name=out, **attrs))
         node.input[1] = out
-        self.graph.initializer.remove(self.inits.pop(old))
+        if old in self.inits:
+            self.graph.initializer.remove(self.inits.pop(old))
+        else:
+            self.graph.input.remove(next(i for i in self.graph.input if i.name == old))
 
     def fake_quant_input(self, node: onnx.NodeProto, scale: str, zero: str, pre_scale: str | None) -> None:
         x = node.input[0]
@@ -159,16 +160,22 @@ class _Writer:
 
 
 def quantize_backbone(
-    model: onnx.ModelProto, backbone: nn.Module, scheme: str, calibration: Calibration | None
+    model: onnx.ModelProto,
+    backbone: nn.Module,
+    scheme: str,
+    calibration: Calibration | None,
+    file: WeightFile | None = None,
 ) -> onnx.ModelProto:
-    """Quantize every backbone linear of `model` in place with `scheme`; returns `model`."""
+    """Quantize every backbone linear of `model` in place with `scheme`; returns `model`. With `file`,
+    the quantized weights are written there one linear at a time (see _Writer)."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}")
     if scheme != "int4" and calibration is None:
         raise ValueError(f"{scheme} quantizes activations and needs calibration statistics")
-    writer = _Writer(model)
+    writer = _Writer(model, file)
+    linears = backbone_linears(backbone)
     for name, node in match_linears(model, backbone).items():
-        w = writer.weight(node)  # [K, N]
+        w = writer.weight(node, linears[name])  # [K, N]
         if scheme == "int4":
             _int4(writer, node, name, w)
         elif scheme == "int8":

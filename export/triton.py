@@ -1,7 +1,8 @@
 """`--format triton`: the artifact's graphs (or engines) as an NVIDIA Triton Inference Server model repo.
 
 OUT/triton/<stage>/config.pbtxt + OUT/triton/<stage>/1/model.onnx (or model.plan), hard-linked to the
-artifact's files (copied where links are impossible), so one GPU server can serve many robots.
+artifact's files (copied where links are impossible; the backbone's shared weights file is symlinked),
+so one GPU server can serve many robots.
 Dynamic dims become -1; batching stays with the client (batch 1 prompts, explicit KV cache).
 """
 
@@ -28,6 +29,13 @@ def _link(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def _symlink(src: Path, dst: Path) -> None:
+    """A relative symlink for external weights: a hard link would give the artifact's weights file a
+    second link, and onnx refuses to load external data with several links (hard-link attack check)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.symlink_to(os.path.relpath(src, dst.parent))
 
 
 def _tensor(name: str, spec: dict[str, Any]) -> str:
@@ -61,9 +69,8 @@ def write_repository(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             _link(out / entry["engine"], version / "model.plan")
         else:
             _link(out / entry["onnx"], version / "model.onnx")
-            data = out / (entry["onnx"] + ".data")
-            if data.is_file():  # the graph names its external data file; keep the name beside it
-                _link(data, version / data.name)
+            if "external_data" in entry:  # the graph names its weights file; keep the name beside it
+                _symlink(out / entry["external_data"], version / entry["external_data"])
         platform = "tensorrt_plan" if engines else "onnxruntime_onnx"
         (repo / name / "config.pbtxt").write_text(
             config_pbtxt(name, entry, list(STAGE_IO[stage].inputs), platform)

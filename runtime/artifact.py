@@ -152,7 +152,7 @@ def _verify_files(folder: Path, manifest: dict[str, Any]) -> None:
         value
         for stage in manifest["stages"].values()
         for key, value in stage.items()
-        if key in ("onnx", "engine")
+        if key in ("onnx", "external_data", "engine")
     } | set(manifest["assets"].values())
     problems += [
         f"{name}: used by the manifest but not listed with a hash"

@@ -39,7 +39,9 @@ class HeadNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, head_dim))
 
     def forward(self, x: Tensor) -> Tensor:  # x: [..., heads, head_dim]
-        x = F.layer_norm(x, (x.shape[-1],), None, None, eps=1e-5)
+        # head_dim from the weight, a Python int under tracing (x.shape[-1] would be a traced value the
+        # TorchScript ONNX exporter cannot take as normalized_shape)
+        x = F.layer_norm(x, (self.weight.shape[-1],), None, None, eps=1e-5)
         return x * self.weight + self.bias
 
 
