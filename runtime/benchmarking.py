@@ -151,6 +151,31 @@ def write_json(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=1) + "\n")
 
 
+def save_figure(fig, path: Path) -> None:
+    """Tight layout, a small PNG (72 dpi: these are committed), figure closed."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    pyplot().close(fig)
+
+
+def write_outputs(
+    result: dict[str, Any],
+    args: argparse.Namespace,
+    stem: str,
+    rows: list[dict],
+    plot: Callable[[Path], None],
+) -> None:
+    """STEM.csv (`rows`), STEM.json (`result` + `files`) and, unless --no-plot, STEM.png in --out."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = {"csv": args.out / f"{stem}.csv", "json": args.out / f"{stem}.json"}
+    if not args.no_plot:
+        files["png"] = args.out / f"{stem}.png"
+        plot(files["png"])
+    result["files"] = {k: str(v) for k, v in files.items()}
+    write_csv(rows, files["csv"])
+    write_json(result, files["json"])
+
+
 def pyplot():
     """matplotlib.pyplot with a headless backend, or a UserError saying how to install it."""
     try:

@@ -199,7 +199,7 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    from rynn_edge.runtime.benchmarking import pyplot, where
+    from rynn_edge.runtime.benchmarking import pyplot, save_figure, where
 
     plt = pyplot()
     fig, (ax_lat, ax_rate) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -235,9 +235,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     ax_rate.legend(fontsize=7)
     ax_lat.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -247,14 +245,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--runs must be >= 1 and --warmup >= 0")
     B.set_threads(args)
     result = sweep(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    files = {"csv": args.out / "bench.csv", "json": args.out / "bench.json"}
-    if not args.no_plot:
-        files["png"] = args.out / "bench.png"
-        plot(result, files["png"])
-    result["files"] = {k: str(v) for k, v in files.items()}
-    B.write_csv(result["rows"], files["csv"])
-    B.write_json(result, files["json"])
+    B.write_outputs(result, args, "bench", result["rows"], lambda path: plot(result, path))
     if args.json:
         print(json.dumps(result))
         return 0

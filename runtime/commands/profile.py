@@ -79,7 +79,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path, top: int) -> None:
-    from rynn_edge.runtime.benchmarking import pyplot, where
+    from rynn_edge.runtime.benchmarking import pyplot, save_figure, where
 
     plt = pyplot()
     rows = sorted((r for s in result["stages"] for r in s["rows"]), key=lambda r: -r["mean_ms"])[:top]
@@ -101,9 +101,7 @@ def plot(result: dict[str, Any], path: Path, top: int) -> None:
         bottom += share
     ax_share.set(ylabel="share of the summed stage time", ylim=(0, 1))
     ax_share.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,14 +111,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--runs and --top must be >= 1")
     B.set_threads(args)
     result = profile(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    files = {"csv": args.out / "profile.csv", "json": args.out / "profile.json"}
-    if not args.no_plot:
-        files["png"] = args.out / "profile.png"
-        plot(result, files["png"], args.top)
-    result["files"] = {k: str(v) for k, v in files.items()}
-    B.write_csv([r for s in result["stages"] for r in s["rows"]], files["csv"])
-    B.write_json(result, files["json"])
+    B.write_outputs(
+        result,
+        args,
+        "profile",
+        [r for s in result["stages"] for r in s["rows"]],
+        lambda path: plot(result, path, args.top),
+    )
     if args.json:
         print(json.dumps(result))
         return 0

@@ -1,0 +1,266 @@
+"""Regenerate benchmarks/results/README.md and the `<!-- bench:begin -->` ... `<!-- bench:end -->` block of
+the top-level README.md from the recorded result files. Numbers are never typed by hand: rerun this
+after a run.
+
+    python benchmarks/make_readme_table.py           # rewrite both
+    python benchmarks/make_readme_table.py --check   # exit 1 if either is stale (CI / tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from runs import RESULTS
+
+ROOT = RESULTS.parent.parent
+README = ROOT / "README.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+GPU_SWEEP = (
+    "python benchmarks/bench_chunk_length.py gpu_7b_random --model CKPT --tokenizer TOK --vq VQ "
+    "--device cuda --precision bf16 --modes continuous,discrete-parallel --runs 20 --warmup 3"
+)
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return "–" if value is None else str(value)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> str:
+    """Markdown table; `columns` maps a row key to its header."""
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def load(name: str) -> list[tuple[str, dict]]:
+    """(folder name, result) of every recorded run with NAME.json, oldest first."""
+    runs = [(p.parent.name, json.loads(p.read_text())) for p in RESULTS.glob(f"*/{name}.json")]
+    return sorted(runs, key=lambda run: (run[1]["environment"]["date"], run[0]))
+
+
+def conditions(result: dict, backend: str, precision: str, weights: str) -> str:
+    env, recorded = result["environment"], result.get("recorded", {})
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    checkpoint = recorded.get("checkpoint", {}).get("source", result.get("model", "?"))
+    where = env["gpu"]["name"] if env["gpu"] and env["device"].startswith("cuda") else env["cpu"]
+    load_avg = ", ".join(f"{x:.1f}" for x in env.get("loadavg", [])) or "not recorded"
+    return (
+        f"Measured {env['date']} on {where} ({env['cpu_count']} cores, {env['torch_threads']} torch threads, "
+        f"load average {load_avg}); backend {backend}, precision {precision}, device {env['device']}, "
+        f"**{weights} weights** ({checkpoint}); {versions}. Reproduce: `{recorded.get('script', '?')}`."
+    )
+
+
+BENCH_COLUMNS = {
+    "mode": "mode",
+    "chunk_length": "T",
+    "queries": "head queries",
+    "median_ms": "latency median (ms)",
+    "p90_ms": "p90 (ms)",
+    "p99_ms": "p99 (ms)",
+    "calls_per_s": "calls/s",
+    "actions_per_s": "actions/s",
+    "sustainable_hz": "sustainable Hz",
+}
+
+
+def bench_section(name: str, result: dict, link: str) -> str:
+    rows = [r for r in result["rows"] if "median_ms" in r]
+    first = rows[0]
+    combos = sorted({(r["backend"], r["precision"]) for r in rows})
+    backend = ", ".join(sorted({b for b, _ in combos}))
+    precision = ", ".join(sorted({p for _, p in combos}))
+    skipped = [f"{r['mode']} T={r['chunk_length']}: {r['skipped']}" for r in result["rows"] if "skipped" in r]
+    parts = [
+        f"**{name}** — {conditions(result, backend, precision, first['weights'])}",
+        table(
+            rows,
+            ({"backend": "backend", "precision": "precision"} if len(combos) > 1 else {}) | BENCH_COLUMNS,
+        ),
+        f"Sustainable Hz = {result['sustainable_hz_formula']} "
+        f"(action rate {fmt(result['action_rate_hz'])} Hz); "
+        f"{first['runs']} runs after {first['warmup']} warm-up. {result['timed']}",
+        f"![Hz vs chunk length, {name}]({link})",
+    ]
+    if skipped:
+        parts.insert(2, "Skipped: " + "; ".join(skipped) + ".")
+    return "\n\n".join(parts)
+
+
+def profile_section(name: str, result: dict) -> str:
+    stages = []
+    for s in result["stages"]:
+        top = [r for r in s["rows"] if r["kind"] != "framework"][:3]
+        stages.append(
+            {
+                **s,
+                "top": "; ".join(f"{r['layer']} ({r['kind']}) {r['share']:.0%}" for r in top),
+            }
+        )
+    columns = {
+        "stage": "stage",
+        "stage_ms": "plain (ms)",
+        "profiled_ms": "profiled (ms)",
+        "layers_ms": "layers (ms)",
+        "coverage": "coverage",
+        "top": "top layers (share)",
+    }
+    return "\n\n".join(
+        [
+            f"**{name}** — {conditions(result, result['backend'], result['precision'], 'random')}",
+            table(stages, columns),
+            f"Coverage: {result['coverage_definition']} "
+            f"Per-layer rows: [{name}/profile.csv]({name}/profile.csv).",
+            f"![top layers, {name}]({name}/profile.png)",
+        ]
+    )
+
+
+def loop_sections() -> str:
+    jitter = json.loads((RESULTS / "loop_jitter.json").read_text())
+    bus = json.loads((RESULTS / "bus_cycle.json").read_text())
+    machine = jitter["machine"]
+    jitter_cols = {
+        "impl": "loop",
+        "rate_hz": "rate (Hz)",
+        "cycles": "cycles",
+        "p50_us": "period error p50 (µs)",
+        "p99_us": "p99 (µs)",
+        "max_us": "max (µs)",
+        "overruns": "overruns",
+    }
+    bus_cols = {
+        "impl": "implementation",
+        "cycles": "cycles",
+        "p50_us": "cycle p50 (µs)",
+        "p99_us": "p99 (µs)",
+        "max_us": "max (µs)",
+        "p50_over_floor": "p50 / wire floor",
+    }
+    return "\n\n".join(
+        [
+            f"### Control-loop jitter\n\n{jitter['benchmark']}; load: {jitter['load']}; "
+            f"{jitter['simulator']}; "
+            f"{machine['cpu_model']}, {machine['cores']} cores, {jitter['seconds_per_run']} s per run "
+            f"(`benchmarks/loop_jitter.py`). Target: {jitter['target']}.",
+            table(jitter["results"], jitter_cols),
+            f"### Bus cycle\n\n{bus['benchmark']}; {bus['measured']}; "
+            f"wire floor {fmt(bus['wire_floor_us'])} µs "
+            f"({bus['floor_source']}); {bus['machine']['cpu_model']}, {bus['machine']['cores']} cores "
+            f"(`benchmarks/bus_cycle.py`). Target: {bus['target']}. {bus.get('note', '')}".rstrip(),
+            table(bus["results"], bus_cols),
+        ]
+    )
+
+
+def roofline_section() -> str:
+    path = RESULTS / "roofline_jetson.json"
+    if not path.is_file():
+        return ""
+    result = json.loads(path.read_text())
+    pivot: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in result["predicted"]:
+        row = pivot.setdefault((r["device"], r["precision"], r["mode"]), dict(r))
+        row[f"T{r['chunk_length']}"] = r["predicted_ms"]
+    lengths = sorted({r["chunk_length"] for r in result["predicted"]})
+    columns = {"device": "device", "precision": "precision", "mode": "mode"}
+    columns |= {f"T{t}": f"T={t} (ms)" for t in lengths}
+    measured = {
+        "run": "run",
+        "precision": "precision",
+        "mode": "mode",
+        "chunk_length": "T",
+        "measured_ms": "measured (ms)",
+        "roofline_here_ms": "roofline here (ms)",
+        "of_roofline": "roofline / measured",
+    }
+    return "\n\n".join(
+        [
+            "## Roofline: predicted chunk latency on Jetson (7B) next to what we measured",
+            f"Lower bounds from published peaks (sources in `runtime/roofline.py` and the JSON); "
+            f"{result['prompt_tokens']}-token prompt, {result['views']} views of {result['image_size']} px; "
+            f"{result['fused']}. `benchmarks/roofline_jetson.py`.",
+            table(list(pivot.values()), columns),
+            "Measured on the machines we had (CPU, random weights), with the roofline of the same config on "
+            "that machine's measured peak:",
+            table(result["measured"], measured),
+            "![roofline](roofline_jetson.png)",
+        ]
+    )
+
+
+GPU_NOTE = (
+    "**7B GPU sweep.** No GPU was lent while these results were recorded, so the 7B random-weight sweep "
+    "of the torch CUDA backend is not here yet. On a CUDA machine with the 7B checkpoint (or random 7B "
+    "weights: `rynn-edge make-tiny-checkpoint DIR --hidden-size 4096 --layers 32 --intermediate-size 11008`, "
+    "which keeps the tiny VQGAN), run\n\n"
+    f"    {GPU_SWEEP}\n    python benchmarks/make_readme_table.py\n\n"
+    "and commit benchmarks/results/gpu_7b_random/."
+)
+
+
+def results_readme() -> str:
+    parts = [
+        "# Recorded benchmark results",
+        "Generated by `benchmarks/make_readme_table.py` from the files in this folder; do not edit by hand.",
+        "## Hz vs chunk length (`rynn-edge bench`)",
+    ]
+    parts += [bench_section(name, result, f"{name}/bench.png") for name, result in load("bench")[::-1]]
+    parts.append(GPU_NOTE)
+    profiles = load("profile")[::-1]
+    if profiles:
+        parts.append("## Per-layer latency (`rynn-edge profile`)")
+        parts += [profile_section(name, result) for name, result in profiles]
+    parts.append(roofline_section())
+    parts += ["## Control loop and bus", loop_sections()]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def readme_block() -> str:
+    runs = load("bench")
+    body = ["No recorded `rynn-edge bench` run yet."]
+    if runs:
+        name, result = runs[-1]
+        body = [
+            "The latest recorded Hz-vs-chunk-length run "
+            "(all runs, profiles and the Jetson roofline: "
+            "[benchmarks/results](benchmarks/results/README.md)):",
+            bench_section(name, result, f"benchmarks/results/{name}/bench.png"),
+        ]
+    section = loop_sections().replace("### ", "#### ")
+    return "\n\n".join([BEGIN, *body, section, END])
+
+
+def updated_readme(text: str) -> str:
+    if BEGIN not in text:
+        text = text.rstrip("\n") + f"\n\n## Benchmarks\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    return head + readme_block() + rest.split(END, 1)[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 if a README is stale, write nothing")
+    args = parser.parse_args()
+    targets = {RESULTS / "README.md": results_readme(), README: updated_readme(README.read_text())}
+    stale = [p for p, text in targets.items() if not p.is_file() or p.read_text() != text]
+    if args.check:
+        for path in stale:
+            print(f"{path.relative_to(ROOT)} is stale: run python benchmarks/make_readme_table.py")
+        return 1 if stale else 0
+    for path in stale:
+        path.write_text(targets[path])
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
