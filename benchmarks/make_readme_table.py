@@ -21,7 +21,7 @@ README = ROOT / "README.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 GPU_SWEEP = (
     "python benchmarks/bench_chunk_length.py gpu_7b_random --model CKPT --tokenizer TOK --vq VQ "
-    "--device cuda --precision bf16 --modes continuous,discrete-parallel --runs 20 --warmup 3"
+    "--backend cuda --device cuda --precision bf16 --runs 20 --warmup 3"
 )
 
 
