@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from onnx import helper, numpy_helper
-from onnx.external_data_helper import set_external_data
+from onnx import helper
 from torch import Tensor, nn
 
 from rynn_edge.runtime.action_head import ActionHead
@@ -73,14 +72,13 @@ class VQDecoder(nn.Module):
 
 
 class MatMulLinear(nn.Module):
-    """A bias-free nn.Linear as `x @ weight_t`, its parameter the [in, out] transposed *view* of the
-    linear's weight (no copy): exported with `export_params=False` the graph reads a named weight
-    input straight into MatMul, where the exporter would otherwise fold Transpose(W) into an anonymous
-    constant."""
+    """A bias-free nn.Linear as `x @ weight_t` with weight_t [in, out]: exported with
+    `export_params=False` the graph reads a named weight input straight into MatMul, where the exporter
+    would otherwise fold Transpose(W) into an anonymous constant."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, weight_t: Tensor):
         super().__init__()
-        self.weight_t = nn.Parameter(linear.weight.detach().t(), requires_grad=False)
+        self.weight_t = nn.Parameter(weight_t, requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return x @ self.weight_t
@@ -93,7 +91,10 @@ def linear_weight(name: str) -> str:
 
 @contextmanager
 def matmul_linears(backbone: ChameleonBackbone) -> Iterator[None]:
-    """Swap every nn.Linear of `backbone` for a MatMulLinear while exporting, then put them back."""
+    """Swap every nn.Linear of `backbone` for a MatMulLinear while exporting, then put them back.
+
+    The weights are re-laid out [in, out] in place, one at a time (the linear keeps the transposed view,
+    same values): the exporter copies non-contiguous parameters, which would double the model."""
     swapped = [
         (parent, attr, child)
         for parent in backbone.modules()
@@ -101,7 +102,9 @@ def matmul_linears(backbone: ChameleonBackbone) -> Iterator[None]:
         if isinstance(child, nn.Linear) and child.bias is None
     ]
     for parent, attr, child in swapped:
-        setattr(parent, attr, MatMulLinear(child))
+        weight_t = child.weight.detach().t().contiguous()  # a no-op once laid out
+        child.weight = nn.Parameter(weight_t.t(), requires_grad=False)
+        setattr(parent, attr, MatMulLinear(weight_t))
     try:
         yield
     finally:
@@ -281,17 +284,23 @@ class WeightFile:
         self._file = path.open("wb")
         self._stored: dict[tuple, tuple[int, int]] = {}  # (dtype, dims, digest) -> (offset, length)
 
-    def add(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
-        """Move `tensor`'s raw_data into the file; returns it, now referring to the file."""
-        data = tensor.raw_data
+    def add(self, tensor: onnx.TensorProto, data: bytes | memoryview | None = None) -> onnx.TensorProto:
+        """Store `data` (ONNX raw bytes; default: move `tensor.raw_data`) in the file; returns `tensor`,
+        now referring to the file."""
+        if data is None:
+            data = tensor.raw_data
+            tensor.ClearField("raw_data")
         key = (tensor.data_type, tuple(tensor.dims), hashlib.blake2b(data).digest())
         if key not in self._stored:
             offset = (self._file.tell() + self.ALIGN - 1) // self.ALIGN * self.ALIGN
             self._file.seek(offset)
             self._file.write(data)
             self._stored[key] = (offset, len(data))
-        set_external_data(tensor, self.path.name, *self._stored[key])
-        tensor.ClearField("raw_data")
+        offset, length = self._stored[key]
+        del tensor.external_data[:]
+        for k, v in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
+            tensor.external_data.add(key=k, value=v)
+        tensor.data_location = onnx.TensorProto.EXTERNAL
         return tensor
 
     def close(self) -> None:
@@ -305,9 +314,11 @@ def attach_weights(model: onnx.ModelProto, stage: str, weights: dict[str, Tensor
     if unknown:
         raise RuntimeError(f"graph inputs that are neither stage inputs nor backbone weights: {unknown[:5]}")
     for value in [i for i in model.graph.input if i.name in weights]:
-        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        elem_type = value.type.tensor_type.elem_type
+        dtype = helper.tensor_dtype_to_np_dtype(elem_type)
         array = np.ascontiguousarray(weights[value.name].detach().numpy(), dtype=dtype)
-        model.graph.initializer.append(file.add(numpy_helper.from_array(array, value.name)))
+        tensor = onnx.TensorProto(name=value.name, data_type=elem_type, dims=array.shape)
+        model.graph.initializer.append(file.add(tensor, memoryview(array).cast("B")))
         del array
         model.graph.input.remove(value)
 
