@@ -116,7 +116,8 @@ def measure(
                 errors.append(float(np.abs(actions[0] - r.actions).max()))
             metrics["action_max_abs_error"] = max(errors)
     if "backbone_decode" in stages:
-        backend = open_backend()  # the prefill session above is released here
+        backend = head = None  # release the sessions above before the decode session opens
+        backend = open_backend()
         counts = [teacher_forced_agreement(backend.step_model(), r) for r in references if r.tokens]
         metrics["token_agreement_pct"] = 100.0 * sum(a for a, _ in counts) / max(1, sum(n for _, n in counts))
     return metrics

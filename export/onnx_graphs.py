@@ -229,8 +229,8 @@ def export_backbone_graph(
 ) -> onnx.ModelProto:
     """A backbone graph *without* its weights: every weight is a graph input named after the backbone's
     parameter (linears as `linear_weight(name)`), for `quantize` and `attach_weights` to turn into
-    initializers in a WeightFile one tensor at a time. The exporter never holds a copy of the weights,
-    so exporting costs about the graph's size, not the model's."""
+    initializers in a WeightFile one tensor at a time. The exporter neither folds nor serializes the
+    weights (the old way held the module, its folded copies and the 2 GB+ proto at once)."""
     buffer = io.BytesIO()
     with matmul_linears(module.backbone):
         _export(module, example, stage, dynamic, buffer, params=False)
