@@ -164,8 +164,9 @@ def write_outputs(
     stem: str,
     rows: list[dict],
     plot: Callable[[Path], None],
-) -> None:
-    """STEM.csv (`rows`), STEM.json (`result` + `files`) and, unless --no-plot, STEM.png in --out."""
+) -> bool:
+    """STEM.csv (`rows`), STEM.json (`result` + `files`) and, unless --no-plot, STEM.png in --out; with
+    --json the result is printed as one JSON object and True returned (print nothing else then)."""
     args.out.mkdir(parents=True, exist_ok=True)
     files = {"csv": args.out / f"{stem}.csv", "json": args.out / f"{stem}.json"}
     if not args.no_plot:
@@ -174,6 +175,9 @@ def write_outputs(
     result["files"] = {k: str(v) for k, v in files.items()}
     write_csv(rows, files["csv"])
     write_json(result, files["json"])
+    if args.json:
+        print(json.dumps(result))
+    return args.json
 
 
 def pyplot():

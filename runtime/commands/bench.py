@@ -245,9 +245,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--runs must be >= 1 and --warmup >= 0")
     B.set_threads(args)
     result = sweep(args)
-    B.write_outputs(result, args, "bench", result["rows"], lambda path: plot(result, path))
-    if args.json:
-        print(json.dumps(result))
+    if B.write_outputs(result, args, "bench", result["rows"], lambda path: plot(result, path)):
         return 0
     columns = COLUMNS + (("speedup_vs_first",) if args.compare else ())
     print(B.format_table(result["rows"], columns))

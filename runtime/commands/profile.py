@@ -7,7 +7,6 @@ Writes profile.csv (every layer), profile.json and profile.png (top layers, stag
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -111,15 +110,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--runs and --top must be >= 1")
     B.set_threads(args)
     result = profile(args)
-    B.write_outputs(
-        result,
-        args,
-        "profile",
-        [r for s in result["stages"] for r in s["rows"]],
-        lambda path: plot(result, path, args.top),
-    )
-    if args.json:
-        print(json.dumps(result))
+    rows = [r for s in result["stages"] for r in s["rows"]]
+    if B.write_outputs(result, args, "profile", rows, lambda path: plot(result, path, args.top)):
         return 0
     peak = result["peak"]
     print(
