@@ -184,9 +184,11 @@ def main() -> None:
     }
     write_report("loop_jitter", report, rows)
     for r in rows:
-        print(f"{r['impl']:25s} {r['rate_hz']:5.0f} Hz  p50 {r['p50_us']:8.1f} us  p99 {r['p99_us']:8.1f} us"
-              f"  max {r['max_us']:8.1f} us  | bus p50 {r['bus_p50_us']:7.0f} p99 {r['bus_p99_us']:7.0f} us"
-              f"  | wake p99 after on-time cycle {r['wake_p99_us_after_on_time_cycle']:7.1f} us")
+        print(
+            f"{r['impl']:25s} {r['rate_hz']:5.0f} Hz  p50 {r['p50_us']:8.1f} us  p99 {r['p99_us']:8.1f} us"
+            f"  max {r['max_us']:8.1f} us  | bus p50 {r['bus_p50_us']:7.0f} p99 {r['bus_p99_us']:7.0f} us"
+            f"  | wake p99 after on-time cycle {r['wake_p99_us_after_on_time_cycle']:7.1f} us"
+        )
     print(ratios)
 
 
