@@ -121,4 +121,3 @@ class OnnxRuntimeBackend:
         """codes int64 [B, h, w] -> images uint8 [B, 16h, 16w, 3]."""
         (images,) = self.session("vq_decoder").run(None, {"codes": np.asarray(codes, dtype=np.int32)})
         return images
-

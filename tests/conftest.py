@@ -11,6 +11,17 @@ from PIL import Image
 from rynn_edge.runtime.commands.make_tiny import write_tiny_bundle
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Commands run in-process (bench, profile) may set torch's process-wide thread count; restore it so
+    later tests compute with the default count (float results depend on how work is split)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def so100_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return write_tiny_bundle(tmp_path_factory.mktemp("so100"), "so100", seed=0)
