@@ -15,7 +15,7 @@ import torch
 
 from rynn_edge.runtime.chunk_bench import DTYPES, _query
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.profiling import StageProfile, profile_onnxruntime, profile_torch
+from rynn_edge.runtime.profiling import StageProfile, profile_onnxruntime, profile_tensorrt, profile_torch
 
 
 def torch_profiles(args: argparse.Namespace, stages: list[str]) -> list[StageProfile]:
@@ -85,6 +85,31 @@ def onnxruntime_profiles(artifact_dir: Path, stages: list[str], runs: int) -> li
         path = artifact.stage_file(graph)
         profiled = profile_onnxruntime(stage, path, feeds[graph](), backend.providers, runs)
         out.append(profiled)
+    return out
+
+
+def tensorrt_profiles(artifact_dir: Path, stages: list[str], runs: int) -> list[StageProfile]:
+    """Each engine bound at the query's prompt bucket and view count (other dimensions at the profile
+    maximum), inputs left as bound (TensorRT layer times do not depend on the values), run synchronously
+    on the backend's stream. Needs engines built with detailed profiling verbosity (export does)."""
+    from rynn_edge.runtime.backend_tensorrt import bucket, max_dims
+    from rynn_edge.runtime.predictor import open_predictor
+
+    predictor = open_predictor(artifact_dir, backend="tensorrt")  # refuses without CUDA, first thing
+    backend = predictor.backend
+    ids, pixels = _query(predictor)
+    known = {"B": len(pixels), "L": bucket(len(ids), backend.artifact.stages()["backbone_prefill"])}
+    out = []
+    for stage in stages:
+        engine = backend.engine(f"vq_encoder_{pixels.shape[-1]}" if stage == "vq_encoder" else stage)
+        dims = max_dims(engine.entry)
+        engine.bind(dims | {name: value for name, value in known.items() if name in dims})
+
+        def execute(engine=engine) -> None:
+            engine.enqueue()
+            backend.stream.synchronize()
+
+        out.append(profile_tensorrt(stage, engine.context, execute, runs))
     return out
 
 

@@ -50,7 +50,7 @@ def test_torch_layers_sum_to_the_stage(tmp_path, so100_bundle):
     assert (out / "profile.csv").read_text().startswith("stage,layer,kind,calls,mean_ms,share")
 
 
-def test_onnxruntime_node_profiler(tmp_path, so100_bundle, frames):
+def test_onnxruntime_node_profiler(tmp_path, so100_bundle, frames, capsys):
     b = so100_bundle
     art = tmp_path / "art"
     calib = tmp_path / "calib"
@@ -90,6 +90,15 @@ def test_onnxruntime_node_profiler(tmp_path, so100_bundle, frames):
     _accounts_for_the_stage(stage)
     matmuls = [r for r in stage["rows"] if r["kind"] == "MatMul"]
     assert matmuls and all(r["flops"] > 0 for r in matmuls if r["layer"].endswith("proj/MatMul"))
+    capsys.readouterr()
+    assert main(["profile", str(art), "--backend", "tensorrt", "--out", str(tmp_path / "trt")]) == 2
+    assert "needs a working NVIDIA GPU" in capsys.readouterr().err  # no TensorRT object without CUDA
+
+
+def test_tensorrt_profile_needs_an_artifact(tmp_path, so100_bundle, capsys):
+    args = ["profile", str(so100_bundle["model"]), "--backend", "tensorrt", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "needs an exported artifact folder" in capsys.readouterr().err
 
 
 def test_roofline_costs_of_the_7b_model():

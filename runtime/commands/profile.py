@@ -14,7 +14,7 @@ from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.profiling import COVERAGE
 
 STAGES = ("vq_encoder", "backbone_prefill", "action_head", "backbone_decode", "vq_decoder")
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
 COLUMNS = (
     "layer",
     "kind",
@@ -54,17 +54,21 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     if backend == "torch":
         profiles = stage_inputs.torch_profiles(args, stages)
         dtype = stage_inputs.DTYPES[args.precision]
+    elif backend == "tensorrt":
+        profiles = stage_inputs.tensorrt_profiles(args.model, stages, args.runs)
+        dtype = torch.float16
     else:
         profiles = stage_inputs.onnxruntime_profiles(args.model, stages, args.runs)
         dtype = torch.float32
-    peak = measure_peak(args.device, dtype, seconds=0.3)
+    device = "cuda" if backend == "tensorrt" else args.device
+    peak = measure_peak(device, dtype, seconds=0.3)
     out = [p.summary(peak) for p in profiles]
     return {
         "command": "profile",
         "model": str(args.model),
         "backend": backend,
         "precision": args.precision if backend == "torch" else "artifact",
-        "environment": B.environment(args.device),
+        "environment": B.environment(device),
         "coverage_definition": COVERAGE,
         "peak": {
             "name": peak.name,
