@@ -110,13 +110,16 @@ class ChunkRunner:
     pixels: np.ndarray
     weights: str
     encode: Callable[[], object]
-    continuous: Callable[[int], tuple[Callable[[], object], str]]
+    continuous: Callable[[int], tuple[Callable[[], object], str] | str]  # str: why T cannot run
     step_model: Callable[[], Any]
     batch_step_model: Callable[[], Any] | None
 
     def chunk(self, time_horizon: int, mode: str) -> tuple[Callable[[], object], str] | str:
         if mode == "continuous":
-            policy, queries = self.continuous(time_horizon)
+            made = self.continuous(time_horizon)
+            if isinstance(made, str):
+                return made
+            policy, queries = made
         elif mode == "discrete-sequential":
             model, queries = self.step_model(), "n/a"
 
@@ -294,6 +297,39 @@ def onnxruntime_runner(artifact_dir: Path, precision: str | None, weights: str) 
         continuous,
         backend.step_model,
         getattr(backend, "batch_step_model", None),
+    )
+
+
+def tensorrt_runner(artifact_dir: Path, precision: str | None, weights: str) -> ChunkRunner:
+    """Engines as built: the head engine has the checkpoint's T baked in, so other T are skipped (with
+    the reason); the exported decode graph returns last-position logits, so no parallel decoding."""
+    from rynn_edge.runtime.predictor import open_predictor
+
+    predictor = open_predictor(artifact_dir, backend="tensorrt")  # refuses without CUDA, first thing
+    backend = predictor.backend
+    have = backend.artifact.stages()["backbone_prefill"]["precision"]
+    if precision not in (None, have):
+        raise UserError(f"{artifact_dir} was exported at {have}; re-export with --precision {precision}")
+    ids, pixels = _query(predictor)
+
+    def continuous(time_horizon: int) -> tuple[Callable[[], object], str] | str:
+        if time_horizon != backend.time_horizon:
+            return f"the action_head engine is built for T={backend.time_horizon}"
+        return (lambda: backend.actions(ids)), "checkpoint"
+
+    return ChunkRunner(
+        "tensorrt",
+        have,
+        "cuda",
+        backend.time_horizon,
+        backend.action_dim,
+        ids,
+        pixels,
+        weights,
+        lambda: backend.vq_encode(pixels),
+        continuous,
+        backend.step_model,
+        None,
     )
 
 

@@ -102,3 +102,5 @@ def test_cuda_backend_without_a_gpu_says_so(so100_bundle, capsys):
     raw = [str(b["model"]), "--tokenizer", str(b["tokenizer"]), "--vq", str(b["vq"])]
     assert main(["bench", *raw, "--backend", "cuda", "--runs", "1"]) == 2
     assert "needs an NVIDIA GPU" in capsys.readouterr().err
+    assert main(["bench", *raw, "--backend", "tensorrt", "--runs", "1"]) == 2
+    assert "tensorrt runs an artifact folder" in capsys.readouterr().err

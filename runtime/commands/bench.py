@@ -15,7 +15,7 @@ from typing import Any
 
 from rynn_edge.runtime.errors import UserError
 
-BACKENDS = ("torch", "cuda", "onnxruntime")
+BACKENDS = ("torch", "cuda", "onnxruntime", "tensorrt")
 MODES = ("continuous", "discrete-sequential", "discrete-parallel")
 COLUMNS = (
     "backend",
@@ -114,12 +114,14 @@ def _runner(backend: str, precision: str | None, model: Path, args: argparse.Nam
     from rynn_edge.runtime.artifact import Artifact
 
     weights = _weights_label(model, args.weights)
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "tensorrt"):
         if not Artifact.is_artifact(model):
-            raise UserError(f"{model}: onnxruntime runs an artifact folder (rynn-edge export)")
+            raise UserError(f"{model}: {backend} runs an artifact folder (rynn-edge export)")
+        if backend == "tensorrt":
+            return chunk_bench.tensorrt_runner(model, precision, weights)
         return chunk_bench.onnxruntime_runner(model, precision, weights)
     if Artifact.is_artifact(model):
-        raise UserError(f"{model} is an artifact folder: use --backend onnxruntime")
+        raise UserError(f"{model} is an artifact folder: use --backend onnxruntime or tensorrt")
     if backend == "cuda":
         return chunk_bench.cuda_runner(model, args.tokenizer, args.vq, precision or "bf16", weights)
     return chunk_bench.torch_runner(model, args.tokenizer, args.vq, precision or "fp32", args.device, weights)
