@@ -114,6 +114,34 @@ class ChunkRunner:
     step_model: Callable[[], Any]
     batch_step_model: Callable[[], Any] | None
 
+    @classmethod
+    def over(
+        cls,
+        backend: Any,
+        name: str,
+        precision: str,
+        device: str,
+        ids: list[int],
+        pixels: np.ndarray,
+        weights: str,
+        continuous: Callable[[int], Any],
+    ) -> ChunkRunner:
+        """A runner whose encode and decode steps are the backend's own."""
+        return cls(
+            name,
+            precision,
+            device,
+            backend.time_horizon,
+            backend.action_dim,
+            ids,
+            pixels,
+            weights,
+            lambda: backend.vq_encode(pixels),
+            continuous,
+            backend.step_model,
+            getattr(backend, "batch_step_model", None),
+        )
+
     def chunk(self, time_horizon: int, mode: str) -> tuple[Callable[[], object], str] | str:
         if mode == "continuous":
             made = self.continuous(time_horizon)
@@ -232,20 +260,7 @@ def cuda_runner(
             )
         return (lambda: chunk.actions(ids)), queries
 
-    return ChunkRunner(
-        "cuda",
-        precision,
-        "cuda",
-        backend.time_horizon,
-        backend.action_dim,
-        ids,
-        pixels,
-        weights,
-        lambda: backend.vq_encode(pixels),
-        continuous,
-        backend.step_model,
-        backend.batch_step_model,
-    )
+    return ChunkRunner.over(backend, "cuda", precision, "cuda", ids, pixels, weights, continuous)
 
 
 def _no_gpu_steps():
@@ -267,9 +282,6 @@ def onnxruntime_runner(artifact_dir: Path, precision: str | None, weights: str) 
     head_precision = stages["action_head"]["precision"]
     folder = Path(tempfile.mkdtemp(prefix="rynn-bench-head-"))
 
-    def encode() -> None:
-        backend.vq_encode(pixels)
-
     def continuous(time_horizon: int) -> tuple[Callable[[], object], str]:
         if time_horizon == backend.time_horizon:
             session, queries = backend.session("action_head"), "checkpoint"
@@ -284,20 +296,8 @@ def onnxruntime_runner(artifact_dir: Path, precision: str | None, weights: str) 
 
         return run, queries
 
-    return ChunkRunner(
-        "onnxruntime",
-        have,
-        "cpu" if backend.providers[0].startswith("CPU") else "cuda",
-        backend.time_horizon,
-        backend.action_dim,
-        ids,
-        pixels,
-        weights,
-        encode,
-        continuous,
-        backend.step_model,
-        getattr(backend, "batch_step_model", None),
-    )
+    device = "cpu" if backend.providers[0].startswith("CPU") else "cuda"
+    return ChunkRunner.over(backend, "onnxruntime", have, device, ids, pixels, weights, continuous)
 
 
 def tensorrt_runner(artifact_dir: Path, precision: str | None, weights: str) -> ChunkRunner:
@@ -317,20 +317,7 @@ def tensorrt_runner(artifact_dir: Path, precision: str | None, weights: str) -> 
             return f"the action_head engine is built for T={backend.time_horizon}"
         return (lambda: backend.actions(ids)), "checkpoint"
 
-    return ChunkRunner(
-        "tensorrt",
-        have,
-        "cuda",
-        backend.time_horizon,
-        backend.action_dim,
-        ids,
-        pixels,
-        weights,
-        lambda: backend.vq_encode(pixels),
-        continuous,
-        backend.step_model,
-        None,
-    )
+    return ChunkRunner.over(backend, "tensorrt", have, "cuda", ids, pixels, weights, continuous)
 
 
 def _export_head(model: dict, time_horizon: int, precision: str, folder: Path) -> Path:
