@@ -89,7 +89,9 @@ def c_cycles(port: str, n: int, combined: bool) -> tuple[list[float], int]:
     return out, missing
 
 
-def sdk_cycles(port: str, n: int) -> tuple[list[float], int]:
+def sdk_group(port: str):
+    """The official SDK on `port`: its port handler, a Goal_Position sync-write of mid-range goals and a
+    Present_Position sync-read, both over IDS, as LeRobot's SO100 loop uses them."""
     import scservo_sdk as scs
 
     handler = scs.PortHandler(port)
@@ -101,12 +103,19 @@ def sdk_cycles(port: str, n: int) -> tuple[list[float], int]:
     for i in IDS:
         writer.addParam(i, [0x00, 0x08])
         reader.addParam(i)
+    return handler, writer, reader
+
+
+def sdk_cycles(port: str, n: int) -> tuple[list[float], int]:
+    from scservo_sdk import COMM_SUCCESS
+
+    handler, writer, reader = sdk_group(port)
     out, failures = [], 0
     try:
         for _ in range(n):
             t = time.perf_counter()
             writer.txPacket()
-            failures += reader.txRxPacket() != scs.COMM_SUCCESS
+            failures += reader.txRxPacket() != COMM_SUCCESS
             out.append(time.perf_counter() - t)
             time.sleep(0.002)
     finally:

@@ -17,7 +17,7 @@ import threading
 import time
 
 import numpy as np
-from bus_cycle import machine, write_report  # same folder
+from bus_cycle import machine, sdk_group, write_report  # same folder
 
 from rynn_edge.kernels import _native as fe
 from rynn_edge.kernels.feetech import records_to_numpy
@@ -100,16 +100,9 @@ def run_c(bus: fe.Bus, rate: float, seconds: float) -> dict:
 
 
 def run_sdk(port: str, rate: float, seconds: float) -> dict:
-    import scservo_sdk as scs
+    from scservo_sdk import COMM_SUCCESS
 
-    handler = scs.PortHandler(port)
-    handler.openPort()
-    packets = scs.PacketHandler(0)
-    writer = scs.GroupSyncWrite(handler, packets, 42, 2)
-    reader = scs.GroupSyncRead(handler, packets, 56, 2)
-    for i in IDS:
-        writer.addParam(i, [0x00, 0x08])
-        reader.addParam(i)
+    handler, writer, reader = sdk_group(port)
     period = 1.0 / rate
     errors, failures, bus_s, on_time = [], 0, [], []
     prev_end = 0.0
@@ -127,7 +120,7 @@ def run_sdk(port: str, rate: float, seconds: float) -> dict:
             for i in IDS:
                 writer.changeParam(i, [goal & 0xFF, goal >> 8])
             writer.txPacket()
-            failures += reader.txRxPacket() != scs.COMM_SUCCESS
+            failures += reader.txRxPacket() != COMM_SUCCESS
             prev_end = time.monotonic()
             bus_s.append(prev_end - wake)
             deadline += period
