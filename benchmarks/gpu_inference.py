@@ -172,7 +172,7 @@ def upstream_chunk(
 def discrete_rows(backend: CudaBackend, prompt: list[int], runs: int) -> dict[str, float]:
     budget = T * (A + 2)
     capacity = len(prompt) + budget
-    model = backend.batch_step_model()
+    model = backend.step_model()
     row = decoding.action_mask_row([*prompt, V.ACTION_START_ID])[:-1]
     begin = timed(lambda: model.begin(prompt, capacity), backend.device, runs)
     sequential = timed(lambda: decoding.greedy_actions(model, prompt, budget), backend.device, runs)

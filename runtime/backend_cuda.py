@@ -1,11 +1,12 @@
 """The torch fast backend: bf16/fp16 weights, static shapes, CUDA graphs (gpt-fast style).
 
-Same surface as the torch reference backend (numpy in, numpy out), plus `batch_step_model` for parallel
-action blocks and `chunk` (VQ encode of every view -> token splice -> prefill -> action head as ONE
-graph). Every shape is static: prompts are right-padded to a length bucket with an explicit key mask
-(causal attention never lets a real token see the padding; the bidirectional action head masks it via
-`valid`), decoding writes into one preallocated KV cache per capacity bucket, and each (stage, shape)
-is captured once as a `torch.cuda.CUDAGraph` and replayed after copying inputs into its fixed buffers.
+Same surface as the torch reference backend (numpy in, numpy out; its step model batches N tokens
+for parallel action blocks), plus `chunk` (VQ encode of every view -> token splice -> prefill ->
+action head as ONE graph). Every shape is static: prompts are right-padded to a length bucket with an
+explicit key mask (causal attention never lets a real token see the padding; the bidirectional action
+head masks it via `valid`), decoding writes into one preallocated KV cache per capacity bucket, and
+each (stage, shape) is captured once as a `torch.cuda.CUDAGraph` and replayed after copying inputs
+into its fixed buffers.
 
 All graphs share one memory pool: they never run concurrently and every output is copied out right
 after its replay, so one graph's scratch may reuse another's.
@@ -294,9 +295,6 @@ class CudaBackend:
         return self._decoders[size]
 
     def step_model(self) -> CudaStepModel:
-        return CudaStepModel(self)
-
-    def batch_step_model(self) -> CudaStepModel:
         return CudaStepModel(self)
 
     @torch.inference_mode()

@@ -18,7 +18,8 @@ from rynn_edge.runtime.vqgan import VQGAN
 
 
 class TorchStepModel:
-    """`decoding.StepModel` over the backbone's explicit KV cache (batch 1)."""
+    """`decoding.BatchStepModel` over the backbone's explicit KV cache (batch 1): one token per `step`,
+    or N tokens per `step_many` for parallel action blocks."""
 
     def __init__(self, backbone: ChameleonBackbone):
         self.backbone = backbone
@@ -45,6 +46,21 @@ class TorchStepModel:
         )
         return logits.squeeze(0).numpy()
 
+    @torch.inference_mode()
+    def step_many(self, tokens: Sequence[int], positions: Sequence[int], key_mask: np.ndarray) -> np.ndarray:
+        if self.cache is None:
+            raise RuntimeError("step_many() before begin()")
+        where = torch.tensor(list(positions))
+        logits = decode_tokens(
+            self.backbone,
+            torch.tensor([list(tokens)]),
+            where[None],
+            self.cache,
+            where,
+            torch.from_numpy(np.ascontiguousarray(key_mask)),
+        )
+        return logits.numpy()
+
 
 def decode_tokens(
     backbone: ChameleonBackbone,
@@ -68,25 +84,6 @@ def decode_tokens(
         x = x + attn.out(q, cache.k[i], cache.v[i], mask)
         x = x + layer.mlp(layer.post_attention_layernorm(x))
     return backbone.logits(backbone.norm(x))[0]
-
-
-class TorchBatchStepModel(TorchStepModel):
-    """`decoding.BatchStepModel`: the step model plus N tokens per pass for parallel action blocks."""
-
-    @torch.inference_mode()
-    def step_many(self, tokens: Sequence[int], positions: Sequence[int], key_mask: np.ndarray) -> np.ndarray:
-        if self.cache is None:
-            raise RuntimeError("step_many() before begin()")
-        where = torch.tensor(list(positions))
-        logits = decode_tokens(
-            self.backbone,
-            torch.tensor([list(tokens)]),
-            where[None],
-            self.cache,
-            where,
-            torch.from_numpy(np.ascontiguousarray(key_mask)),
-        )
-        return logits.numpy()
 
 
 class TorchBackend:
@@ -121,9 +118,6 @@ class TorchBackend:
 
     def step_model(self) -> TorchStepModel:
         return TorchStepModel(self.backbone)
-
-    def batch_step_model(self) -> TorchBatchStepModel:
-        return TorchBatchStepModel(self.backbone)
 
     @torch.inference_mode()
     def vq_decode(self, codes: np.ndarray) -> np.ndarray:

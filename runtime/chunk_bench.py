@@ -111,8 +111,7 @@ class ChunkRunner:
     weights: str
     encode: Callable[[], object]
     continuous: Callable[[int], tuple[Callable[[], object], str] | str]  # str: why T cannot run
-    step_model: Callable[[], Any]
-    batch_step_model: Callable[[], Any] | None
+    step_model: Callable[[], Any]  # parallel decoding where its model has `step_many`
 
     @classmethod
     def over(
@@ -139,7 +138,6 @@ class ChunkRunner:
             lambda: backend.vq_encode(pixels),
             continuous,
             backend.step_model,
-            getattr(backend, "batch_step_model", None),
         )
 
     def chunk(self, time_horizon: int, mode: str) -> tuple[Callable[[], object], str] | str:
@@ -154,9 +152,9 @@ class ChunkRunner:
             def policy() -> None:
                 sequential_chunk(model, self.prompt_ids, time_horizon, self.action_dim)
         elif mode == "discrete-parallel":
-            if self.batch_step_model is None:
+            model, queries = self.step_model(), "n/a"
+            if not hasattr(model, "step_many"):
                 return f"{self.backend} has no batched decode step (step_many) yet"
-            model, queries = self.batch_step_model(), "n/a"
 
             def policy() -> None:
                 parallel_chunk(model, self.prompt_ids, time_horizon, self.action_dim)
@@ -218,7 +216,6 @@ def torch_runner(
 
         return run, queries
 
-    batch = getattr(backend, "batch_step_model", None)
     step_model = backend.step_model if dev.type == "cpu" else _no_gpu_steps
     return ChunkRunner(
         "torch",
@@ -232,7 +229,6 @@ def torch_runner(
         encode,
         continuous,
         step_model,
-        batch if dev.type == "cpu" else None,
     )
 
 

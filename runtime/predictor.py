@@ -118,10 +118,14 @@ class Predictor:
             # float32 like the reference head output: denormalize then runs (v + 1) / 2 in float32 as upstream
             normalized = self.backend.actions(ids)
         elif mode == "discrete":
-            batched = getattr(self.backend, "batch_step_model", None)
-            model = batched() if parallel and batched else self.backend.step_model()
-            horizon, dim = self.backend.time_horizon, self.backend.action_dim
-            tokens = decoding.discrete_actions(model, ids, horizon, dim, max_new_tokens, parallel=parallel)
+            tokens = decoding.discrete_actions(
+                self.backend.step_model(),
+                ids,
+                self.backend.time_horizon,
+                self.backend.action_dim,
+                max_new_tokens,
+                parallel=parallel,
+            )
             result["generated_tokens"] = tokens
             normalized = prompt.action_tokens_to_normalized(tokens, self.backend.action_dim)
         else:

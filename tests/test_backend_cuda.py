@@ -89,6 +89,6 @@ def test_parallel_decoding_through_the_cuda_step_model(so100_bundle) -> None:
     fast = CudaBackend(
         cfg, backbone, head, VQGAN.from_dir(so100_bundle["vq"]), device="cpu", dtype=torch.float32
     )
-    model = fast.batch_step_model()
+    model = fast.step_model()
     assert decoding.greedy_actions_parallel(model, prompt_ids(), 4, A, 4 * (A + 2)) == sequential
     assert set(model.decoder.graphs) == {4}, "one static 4-token step, no single-token fallback"

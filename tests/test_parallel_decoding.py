@@ -14,11 +14,11 @@ from crafted import IMG, VALUES, A, blocks, craft
 
 from rynn_edge.runtime import decoding
 from rynn_edge.runtime import vocab as V
-from rynn_edge.runtime.backend_torch import TorchBatchStepModel
+from rynn_edge.runtime.backend_torch import TorchStepModel
 from rynn_edge.runtime.checkpoint import load_model
 
 
-class Counting(TorchBatchStepModel):
+class Counting(TorchStepModel):
     def __init__(self, backbone):
         super().__init__(backbone)
         self.calls = {"begin": 0, "step": 0, "step_many": 0}
@@ -53,7 +53,7 @@ def prompt_ids(seed: int = 3) -> list[int]:
 
 
 def both(backbone, prompt, horizon, budget):
-    sequential = decoding.greedy_actions(TorchBatchStepModel(backbone), prompt, budget)
+    sequential = decoding.greedy_actions(TorchStepModel(backbone), prompt, budget)
     model = Counting(backbone)
     parallel = decoding.greedy_actions_parallel(model, prompt, horizon, A, budget)
     return sequential, parallel, model.calls
@@ -80,8 +80,8 @@ def test_parallel_equals_sequential_with_one_step_per_block_token(well_formed, h
 def test_mask_and_positions_matter_for_the_crafted_model(well_formed) -> None:
     """Guard for the test itself: plain causal decoding differs, so parity above is not vacuous."""
     prompt, budget = prompt_ids(), 4 * (A + 2)
-    causal = decoding.greedy_causal(TorchBatchStepModel(well_formed), prompt, budget)
-    assert causal != decoding.greedy_actions(TorchBatchStepModel(well_formed), prompt, budget)
+    causal = decoding.greedy_causal(TorchStepModel(well_formed), prompt, budget)
+    assert causal != decoding.greedy_actions(TorchStepModel(well_formed), prompt, budget)
 
 
 def test_answer_ending_with_8710_after_a_block(model_dir) -> None:
