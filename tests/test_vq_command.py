@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,9 @@ from rynn_edge.runtime.vqgan import VQGAN
 
 
 def rynn_edge(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["rynn-edge", "vq", *map(str, args)], capture_output=True, text=True, timeout=120)
+    """The installed console script of THIS environment (not whatever `rynn-edge` is first on PATH)."""
+    script = Path(sys.executable).parent / "rynn-edge"
+    return subprocess.run([str(script), "vq", *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 def in_process(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
