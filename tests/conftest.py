@@ -6,20 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from rynn_edge.runtime.commands.make_tiny import write_tiny_bundle
 
+# Commands run in-process (bench, profile, also from module-scoped fixtures) may set torch's
+# process-wide thread count; every test starts from the default (float results depend on the split).
+DEFAULT_TORCH_THREADS = torch.get_num_threads()
+
 
 @pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """Commands run in-process (bench, profile) may set torch's process-wide thread count; restore it so
-    later tests compute with the default count (float results depend on how work is split)."""
-    import torch
-
-    threads = torch.get_num_threads()
+def _default_torch_threads():
+    torch.set_num_threads(DEFAULT_TORCH_THREADS)
     yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(DEFAULT_TORCH_THREADS)
 
 
 @pytest.fixture(scope="session")
