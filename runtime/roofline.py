@@ -257,7 +257,8 @@ def stage_costs(
     """Per-stage cost of one chunk. Weight bytes are read once per pass (one prefill, one per decode step);
     the VQ encoder keeps fp32 weights only for an fp32 run (16-bit activations otherwise)."""
     from rynn_edge.runtime.action_head import ActionHead
-    from rynn_edge.runtime.backbone import ChameleonBackbone
+    from rynn_edge.runtime.backbone import ChameleonBackbone, KVCache
+    from rynn_edge.runtime.backend_torch import decode_tokens
     from rynn_edge.runtime.vqgan import VQGAN
 
     meta, bf16 = torch.device("meta"), torch.bfloat16
@@ -284,13 +285,14 @@ def stage_costs(
         costs["action_head"] = _scaled(count_cost(lambda: head(hidden, valid)), weights(head), precision)
         return costs
     steps = decode_steps(mode, time_horizon, cfg.action_dim)
-    batch = time_horizon if mode == "discrete-parallel" else 1
     capacity = prompt_len + time_horizon * (cfg.action_dim + 2)
-    shape = (cfg.num_hidden_layers, batch, cfg.num_attention_heads, capacity, cfg.head_dim)
-    cache = torch.zeros(shape, dtype=bf16, device=meta)
-    one = torch.zeros(batch, 1, dtype=torch.long, device=meta)
-    mask = torch.ones(batch, capacity, dtype=torch.bool, device=meta)
-    step = count_cost(lambda: backbone.decode_step_kv(one, one, cache, cache, prompt_len, mask))
+    cache = KVCache.allocate(cfg, 1, capacity, bf16, meta)
+    # Parallel blocks: T tokens per step over the ONE shared prompt cache; sequential: one token.
+    n = time_horizon if mode == "discrete-parallel" else 1
+    tokens = torch.zeros(1, n, dtype=torch.long, device=meta)
+    slots = torch.arange(prompt_len, prompt_len + n, device=meta)
+    mask = torch.ones(n, capacity, dtype=torch.bool, device=meta)
+    step = count_cost(lambda: decode_tokens(backbone, tokens, tokens, cache, slots, mask))
     w_step = w_backbone + weights(backbone.lm_head)
     per_step = _scaled(step, w_step, precision)
     costs["backbone_decode"] = per_step.times(steps)

@@ -10,7 +10,7 @@ import pytest
 
 from rynn_edge.runtime.cli import main
 from rynn_edge.runtime.profiling import COVERAGE, OTHER
-from rynn_edge.runtime.roofline import CHAMELEON_VQ, MODES, jetson_peak, stage_costs
+from rynn_edge.runtime.roofline import CHAMELEON_VQ, MODES, decode_steps, jetson_peak, stage_costs
 
 STAGES = ("backbone_prefill", "action_head", "backbone_decode")
 
@@ -126,3 +126,7 @@ def test_roofline_costs_of_the_7b_model():
     assert seq > 10.0  # research §7: >= 11 s for a discrete SO100 chunk on AGX Orin in 16-bit
     parallel, sequential = (costs[m]["backbone_decode"].fused_bytes for m in MODES[2:0:-1])
     assert parallel < sequential / 5  # A+2 weight reads instead of T(A+2)
+    # A parallel step reads the weights and the ONE shared prompt cache, like a sequential step (plus
+    # T tokens' activations), not T copies of the cache.
+    per_step = {m: costs[m]["backbone_decode"].fused_bytes / decode_steps(m, 20, 6) for m in MODES[1:]}
+    assert per_step["discrete-parallel"] < 1.05 * per_step["discrete-sequential"]
