@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from exporting import calibration_folder, export_bundle
 from PIL import Image
 
+from rynn_edge.runtime.artifact import MANIFEST
 from rynn_edge.runtime.commands.make_tiny import write_tiny_bundle
 
 # Commands run in-process (bench, profile, also from module-scoped fixtures) may set torch's
@@ -56,3 +59,16 @@ def frames(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         synthetic_frame(i, size).save(path)
         paths.append(path)
     return paths
+
+
+# --- exported artifacts (rynn-edge export), shared by the export, profile and bench tests -----------------
+@pytest.fixture(scope="session")
+def so100_calib(tmp_path_factory, frames) -> Path:
+    return calibration_folder(tmp_path_factory.mktemp("calib") / "so100", frames, [10, 80, 90, 20, 5, 30])
+
+
+@pytest.fixture(scope="session")
+def so100_fp32(tmp_path_factory, so100_bundle, so100_calib) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("art") / "so100_fp32"
+    assert export_bundle(so100_bundle, out, so100_calib, "--precision", "fp32", "--format", "triton") == 0
+    return out, json.loads((out / MANIFEST).read_text())

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from exporting import calibration_folder, export_bundle
 
 from rynn_edge.export import accuracy, quantize
 from rynn_edge.export.tensorrt_build import build_engine, load_tensorrt
@@ -37,47 +38,6 @@ needs_rtx = pytest.mark.skipif(trt_rtx is None, reason=RTX_MISSING)
 BACKBONE = ["backbone_prefill", "action_head", "backbone_decode"]
 SO100_STATE = "10,80,90,20,5,30"
 LIBERO_STATE = "0.1,0.0,0.8,2.0,0.1,0.2,0.01,-0.01"
-
-
-def _calibration(folder: Path, frames: list[Path], state: list[float]) -> Path:
-    folder.mkdir()
-    rows = [
-        {"images": [str(frames[0]), str(frames[1])], "state": state, "instruction": "pick up the cube"},
-        {"images": [str(frames[2]), str(frames[3])], "state": state, "instruction": "open the drawer"},
-        {"images": [str(frames[1]), str(frames[2])], "state": state, "instruction": "pick up the cube"},
-    ]
-    (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
-
-
-def _export(bundle: dict, out: Path, calib: Path, *extra: str) -> int:
-    return main(
-        [
-            "export",
-            str(bundle["model"]),
-            "--tokenizer",
-            str(bundle["tokenizer"]),
-            "--vq",
-            str(bundle["vq"]),
-            "-o",
-            str(out),
-            "--calibration-data",
-            str(calib),
-            *extra,
-        ]
-    )
-
-
-@pytest.fixture(scope="module")
-def so100_calib(tmp_path_factory, frames) -> Path:
-    return _calibration(tmp_path_factory.mktemp("calib") / "so100", frames, [10, 80, 90, 20, 5, 30])
-
-
-@pytest.fixture(scope="module")
-def so100_fp32(tmp_path_factory, so100_bundle, so100_calib) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("art") / "so100_fp32"
-    assert _export(so100_bundle, out, so100_calib, "--precision", "fp32", "--format", "triton") == 0
-    return out, json.loads((out / MANIFEST).read_text())
 
 
 def _predict(capsys, model: Path, *extra: str, state: str = SO100_STATE, images: list[Path]) -> dict:
@@ -108,10 +68,10 @@ def test_fp32_so100_matches_torch_backend(capsys, so100_fp32, so100_bundle, fram
 
 
 def test_fp32_libero_matches_torch_backend(capsys, tmp_path, libero_bundle, frames):
-    calib = _calibration(tmp_path / "calib", frames, [float(v) for v in LIBERO_STATE.split(",")])
+    calib = calibration_folder(tmp_path / "calib", frames, [float(v) for v in LIBERO_STATE.split(",")])
     out = tmp_path / "libero_fp32"
     stages = ["--stages", "vq_encoder", *BACKBONE]
-    assert _export(libero_bundle, out, calib, "--precision", "fp32", *stages) == 0
+    assert export_bundle(libero_bundle, out, calib, "--precision", "fp32", *stages) == 0
     _assert_parity(capsys, out, libero_bundle, LIBERO_STATE, frames[:2])
 
 
@@ -170,7 +130,7 @@ def test_quantized_export_has_qdq_on_every_backbone_linear(
     out = tmp_path / scheme
     extra = ["--target", "tensorrt"] if scheme == "int4" else ["--json"]
     capsys.readouterr()
-    code = _export(so100_bundle, out, so100_calib, "--precision", scheme, "--stages", *BACKBONE, *extra)
+    code = export_bundle(so100_bundle, out, so100_calib, "--precision", scheme, "--stages", *BACKBONE, *extra)
     printed = capsys.readouterr()
     if scheme == "int8":
         assert code == 0

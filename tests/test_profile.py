@@ -50,40 +50,8 @@ def test_torch_layers_sum_to_the_stage(tmp_path, so100_bundle):
     assert (out / "profile.csv").read_text().startswith("stage,layer,kind,calls,mean_ms,share")
 
 
-def test_onnxruntime_node_profiler(tmp_path, so100_bundle, frames, capsys):
-    b = so100_bundle
-    art = tmp_path / "art"
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    row = {
-        "images": [str(frames[0]), str(frames[1])],
-        "state": [10, 80, 90, 20, 5, 30],
-        "instruction": "pick",
-    }
-    (calib / "samples.jsonl").write_text(json.dumps(row) + "\n")
-    assert (
-        main(
-            [
-                "export",
-                str(b["model"]),
-                "--tokenizer",
-                str(b["tokenizer"]),
-                "--vq",
-                str(b["vq"]),
-                "-o",
-                str(art),
-                "--precision",
-                "fp32",
-                "--calibration-data",
-                str(calib),
-                "--stages",
-                "vq_encoder",
-                "backbone_prefill",
-                "action_head",
-            ]
-        )
-        == 0
-    )
+def test_onnxruntime_node_profiler(tmp_path, so100_fp32, capsys):
+    art, _ = so100_fp32
     result = _profile(tmp_path / "out", str(art), "--stage", "backbone_prefill")
     (stage,) = result["stages"]
     assert result["backend"] == "onnxruntime"
