@@ -144,7 +144,7 @@ def test_async_chunks_switch_without_a_jump(bundle, tmp_path):
     check_safe_state(r, "completed", 0)
     chunks = [c for c in r.log if c["kind"] == "chunk"]
     assert len(chunks) >= 2, r.stderr
-    period = 1e9 / 30
+    period = round(1e9 / 30)  # the scheduler's integer row period
     for old, new in zip(chunks, chunks[1:], strict=False):
         t = new["switch_ns"]
 
