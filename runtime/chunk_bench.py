@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -216,20 +216,10 @@ def torch_runner(
 
         return run, queries
 
+    runner = ChunkRunner.over(backend, "torch", precision, device, ids, pixels, weights, continuous)
+    # On a GPU this times the plain modules; decoding there belongs to the cuda backend.
     step_model = backend.step_model if dev.type == "cpu" else _no_gpu_steps
-    return ChunkRunner(
-        "torch",
-        precision,
-        device,
-        backend.time_horizon,
-        backend.action_dim,
-        ids,
-        pixels,
-        weights,
-        encode,
-        continuous,
-        step_model,
-    )
+    return replace(runner, encode=encode, step_model=step_model)
 
 
 def cuda_runner(

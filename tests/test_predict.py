@@ -18,18 +18,9 @@ SO100_STATE = "3.5,120.0,80.25,-10.0,5.0,30.0"
 LIBERO_STATE = "0.1,0.0,1.0,3.0,0.5,-0.2,0.01,-0.01"
 
 
-def _run(capsys: pytest.CaptureFixture, bundle: dict[str, Path], *args: str) -> tuple[int, str, str]:
-    code = main(
-        [
-            "predict",
-            str(bundle["model"]),
-            "--tokenizer",
-            str(bundle["tokenizer"]),
-            "--vq",
-            str(bundle["vq"]),
-            *args,
-        ]
-    )
+def _run(capsys: pytest.CaptureFixture, bundle: dict[str, Path], *args: str, command: str = "predict"):
+    raw = [str(bundle["model"]), "--tokenizer", str(bundle["tokenizer"]), "--vq", str(bundle["vq"])]
+    code = main([command, *raw, *args])
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -151,29 +142,9 @@ def test_missing_tokenizer_flag(capsys, so100_bundle, frames) -> None:
 
 def test_imagine_writes_a_well_formed_image(capsys, so100_bundle, frames, tmp_path) -> None:
     out = tmp_path / "next.png"
-    args = [
-        "imagine",
-        str(so100_bundle["model"]),
-        "--tokenizer",
-        str(so100_bundle["tokenizer"]),
-        "--vq",
-        str(so100_bundle["vq"]),
-    ]
-    code = main(
-        [
-            *args,
-            "--image",
-            str(frames[0]),
-            "--action",
-            "1,2,3,4,5,20",
-            "--prompt",
-            "lerobot",
-            "--out",
-            str(out),
-            "--json",
-        ]
-    )
-    result = json.loads(capsys.readouterr().out)
+    args = ("--image", str(frames[0]), "--action", "1,2,3,4,5,20", "--prompt", "lerobot", "--out", str(out))
+    code, stdout, _ = _run(capsys, so100_bundle, *args, "--json", command="imagine")
+    result = json.loads(stdout)
     assert code == 0 and result["problems"] == []
     tokens = result["generated_tokens"]
     assert (
