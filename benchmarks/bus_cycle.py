@@ -1,7 +1,7 @@
 """Bus cycle time (SYNC_WRITE 6 goals + SYNC_READ 6 positions) on the simulator with wire-time emulation.
 
 Compares the C bus (one write() carrying both packets, and two separate calls) with the official SDK
-(GroupSyncWrite + GroupSyncRead), and both with the wire-time floor of research/so100-feetech.md §1.9:
+(GroupSyncWrite + GroupSyncRead), and both with the wire-time floor (10 bits per byte at the bus rate):
 26 + 14 + 6 x 8 = 88 bytes x 10 us at 1 Mbit/s = 0.88 ms (Return_Delay_Time set to 0, as LeRobot does).
 
     python benchmarks/bus_cycle.py [--cycles 500]
@@ -152,7 +152,7 @@ def main() -> None:
         "measured": "host wall time per cycle; simulator --wire-time at 1 Mbit/s; Return_Delay_Time=0",
         "loadavg_at_end": os.getloadavg(),
         "wire_floor_us": floor_s * 1e6,
-        "floor_source": "research/so100-feetech.md 1.9: 88 bytes x 10 us",
+        "floor_source": "88 bytes x 10 us (10 bits per byte at 1 Mbit/s)",
         "machine": info,
         "simulator_sched": sim_sched,
         "results": rows,

@@ -35,13 +35,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rynn_edge.runtime import decoding
-from rynn_edge.runtime import vocab as V
-from rynn_edge.runtime.action_head import ActionHead
-from rynn_edge.runtime.backbone import ChameleonBackbone
-from rynn_edge.runtime.backend_cuda import DTYPES, CudaBackend, image_slots
-from rynn_edge.runtime.checkpoint import ModelConfig
-from rynn_edge.runtime.tiny_vq import TINY_PARAMS
-from rynn_edge.runtime.vqgan import VQGAN
+from rynn_edge.runtime.backends.cuda import DTYPES, CudaBackend
+from rynn_edge.runtime.model.action_head import ActionHead
+from rynn_edge.runtime.model.backbone import ChameleonBackbone
+from rynn_edge.runtime.model.config import ModelConfig
+from rynn_edge.runtime.model.vqgan import VQGAN
+from rynn_edge.runtime.tiny.vq import TINY_PARAMS
+from rynn_edge.runtime.tokens import vocab as V
+from rynn_edge.runtime.tokens.image_layout import ImageLayout
 
 RESULTS = Path(__file__).parent / "results"
 CHAMELEON_VQ = {
@@ -207,7 +208,7 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 stays fp32 (VQ distances)
     backend = build(args.config, device, dtype, DTYPES[args.vq_dtype])
     prompt = so100_prompt()
-    slots = image_slots(prompt, 16)
+    slots = ImageLayout(16, 16).code_positions(prompt)
     pixels = torch.rand(2, 3, 256, 256, device=device) * 2 - 1
     host_pixels = pixels.cpu().numpy()
     lut = np.arange(4, 4 + 8192)
@@ -224,7 +225,7 @@ def main() -> int:
     }
     r["floor_ms"] = max(r["floor_compute_ms"], r["floor_memory_ms"])
     with torch.inference_mode():
-        ours = timed(lambda: backend.chunk(host_pixels, template.tolist(), slots, lut), device, args.runs)
+        ours = timed(lambda: backend.chunk(host_pixels, template.tolist(), slots, lut)[1], device, args.runs)
         r["ours_chunk_ms"] = ours * 1e3
         r["ours_vq_encode_ms"] = timed(lambda: backend.vq_encode(host_pixels), device, args.runs) * 1e3
         r["ours_prefill_head_ms"] = timed(lambda: backend.actions(prompt), device, args.runs) * 1e3

@@ -27,7 +27,7 @@ def peak_rss_bytes() -> int:
 def load_child(model_dir: str, dtype_name: str) -> None:
     import torch
 
-    from rynn_edge.runtime.checkpoint import load_model
+    from rynn_edge.runtime.model.checkpoint import load_model
 
     before = peak_rss_bytes()
     t0 = time.perf_counter()
@@ -53,7 +53,7 @@ def main() -> None:
         load_child(*args.load)
         return
     if args.write:
-        from rynn_edge.runtime.tiny_model import write_tiny_model
+        from rynn_edge.runtime.tiny.model import write_tiny_model
 
         shard = int(args.shard_gb * GB) if args.shard_gb > 0 else None
         write_tiny_model(

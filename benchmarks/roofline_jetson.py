@@ -1,8 +1,9 @@
 """Roofline prediction of one action chunk on Jetson AGX Orin / Orin NX / Thor, next to what we measured.
 
-Predicted: the 7B SO100 model (two 256x256 views, a 580-token prompt as in research §7), per precision the
-device supports, per chunk length T and mode: sum over stages of max(FLOPs / peak, fused bytes / bandwidth)
-(`runtime/roofline.py`: costs counted on the meta device, peaks from NVIDIA's published specs, cited there).
+Predicted: the 7B SO100 model (two 256x256 views, a 580-token prompt: BOS, instruction, state, 2 x 276
+image tokens, separators), per precision the device supports, per chunk length T and mode: sum over
+stages of max(FLOPs / peak, fused bytes / bandwidth) (`runtime/bench/roofline.py`: costs counted on the
+meta device, peaks from NVIDIA's published specs, cited there).
 A lower bound: a perfect engine that fuses elementwise work into the matmuls.
 Measured: every recorded `rynn-edge bench` run in benchmarks/results/*/bench.json, next to the roofline of
 the same checkpoint config on this machine's measured peak (unfused bytes: eager torch), for scale.
@@ -19,10 +20,17 @@ from functools import cache
 import torch
 from runs import RESULTS
 
-from rynn_edge.runtime import benchmarking as B
-from rynn_edge.runtime.checkpoint import ModelConfig
-from rynn_edge.runtime.chunk_bench import DTYPES
-from rynn_edge.runtime.roofline import CHAMELEON_VQ, JETSON, MODES, jetson_peak, measure_peak, stage_costs
+from rynn_edge.runtime.bench import timing as B
+from rynn_edge.runtime.bench.chunk_runners import DTYPES
+from rynn_edge.runtime.bench.roofline import (
+    CHAMELEON_VQ,
+    JETSON,
+    MODES,
+    jetson_peak,
+    measure_peak,
+    stage_costs,
+)
+from rynn_edge.runtime.model.config import ModelConfig
 
 SEVEN_B = ModelConfig(
     vocab_size=65536,

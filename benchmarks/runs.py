@@ -37,7 +37,7 @@ def _shapes(config: dict) -> dict:
 
 def _model(args: argparse.Namespace, scratch: Path) -> tuple[list[str], dict]:
     """Command-line model arguments and the checkpoint block of the record."""
-    from rynn_edge.runtime.vqgan import read_params
+    from rynn_edge.runtime.model.vqgan import read_params
 
     if args.model is None:
         tiny = ["--preset", args.preset, "--hidden-size", str(args.hidden_size), "--layers", str(args.layers)]

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.images import load_image
-from rynn_edge.runtime.stats import Stats
+from rynn_edge.runtime.tokens.images import load_image
+from rynn_edge.runtime.tokens.stats import Stats
 
 DEFAULT_INSTRUCTION = "pick up the red cube and place it in the box"
 DEFAULT_SAMPLES = 6
@@ -55,7 +56,6 @@ def _image(path: Path) -> Image.Image:
 
 
 def load_folder(folder: Path, limit: int | None = None) -> list[Sample]:
-    from tqdm import tqdm
 
     if (folder / "samples.jsonl").is_file():
         rows = _jsonl(folder / "samples.jsonl")[:limit]

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4", "fp8")
-STAGES = ("vq_encoder", "backbone_prefill", "action_head", "backbone_decode", "vq_decoder")
+from rynn_edge.export.accuracy import PRECISIONS
+from rynn_edge.runtime.backends.artifact import STAGES
 
 CALIBRATION_HELP = (
     "recorded queries: DIR/samples.jsonl ({images: [paths], state: [...], instruction}) or a LeRobot-style "
@@ -38,7 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime")
     parser.add_argument("--calibration-data", type=Path, metavar="DIR", help=CALIBRATION_HELP)
     parser.add_argument(
-        "--stats", help="so100 | libero | stats.json written into the artifact (default: by action_dim)"
+        "--robot",
+        choices=("so100", "libero"),
+        help="the robot the checkpoint drives, recorded in the manifest (default: by its action space)",
+    )
+    parser.add_argument(
+        "--stats", help="so100 | libero | stats.json written into the artifact (default: the robot's)"
     )
     parser.add_argument("--format", choices=("triton",), help="also write an NVIDIA Triton model repository")
     parser.add_argument(
@@ -83,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             target=args.target,
             calibration_data=args.calibration_data,
             stats=args.stats,
+            robot=args.robot,
             triton=args.format == "triton",
             allow_accuracy_loss=args.allow_accuracy_loss,
             hardware_compatible=args.hardware_compatible,

@@ -25,9 +25,9 @@ import torch
 from onnx import helper
 from torch import Tensor, nn
 
-from rynn_edge.runtime.action_head import ActionHead
-from rynn_edge.runtime.backbone import ChameleonBackbone
-from rynn_edge.runtime.vqgan import VQGAN
+from rynn_edge.runtime.model.action_head import ActionHead
+from rynn_edge.runtime.model.backbone import ChameleonBackbone
+from rynn_edge.runtime.model.vqgan import VQGAN
 
 OPSET = 18
 VQ_FACTOR = 16

@@ -13,37 +13,42 @@ from __future__ import annotations
 
 import gc
 import json
-import platform
 import shutil
-import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 import torch
+from tqdm import tqdm
 
 from rynn_edge.export import accuracy, calibration, onnx_graphs, quantize, tensorrt_build, triton
-from rynn_edge.export.command import PRECISIONS, STAGES
-from rynn_edge.export.onnx_graphs import Dim
+from rynn_edge.export.accuracy import PRECISIONS, ArenaFreeBackend
+from rynn_edge.export.manifest import (
+    VQ_SIZES,
+    WEIGHTS,
+    dynamic_axes,
+    io_spec,
+    machine,
+    profiles,
+    stage_entries,
+    trt_profile,
+    versions,
+)
 from rynn_edge.runtime import decoding
-from rynn_edge.runtime.artifact import MANIFEST, Artifact, local_gpu, write_manifest
-from rynn_edge.runtime.backend_onnxruntime import OnnxRuntimeBackend
-from rynn_edge.runtime.checkpoint import ModelConfig, load_model
+from rynn_edge.runtime.backends.artifact import MANIFEST, STAGES, Artifact, local_gpu, write_manifest
+from rynn_edge.runtime.backends.torch import TorchBackend
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.images import to_model_input
-from rynn_edge.runtime.predictor import IMAGE_COUNTS, Predictor, robot_for
-from rynn_edge.runtime.stats import load_stats
-from rynn_edge.runtime.vqgan import VQGAN
+from rynn_edge.runtime.model.checkpoint import load_model
+from rynn_edge.runtime.model.config import ModelConfig
+from rynn_edge.runtime.model.vqgan import VQGAN
+from rynn_edge.runtime.predictor import Predictor
+from rynn_edge.runtime.robot.embodiment import embodiment
+from rynn_edge.runtime.tokens.images import to_model_input
+from rynn_edge.runtime.tokens.stats import load_stats
 
-VQ_SIZES = (256, 512)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-# Longest generation the decode profile covers: one 512-px image (3 + 32*33 + 1 tokens) + separator.
-MAX_NEW_TOKENS = 3 + 32 * 33 + 1 + 1
-WEIGHTS = "backbone.data"  # the backbone graphs' shared external data
 
 
 @dataclass
@@ -63,6 +68,7 @@ class Options:
     hardware_compatible: bool = False
     version_compatible: bool = False
     timing_cache: Path | None = None
+    robot: str | None = None
 
 
 def stage_precisions(opts: Options) -> dict[str, str]:
@@ -111,9 +117,6 @@ def reference_run(
     """fp32 torch over every sample: held-out references, prompt lengths and calibration statistics.
     The action head is exported here, from the fp32 weights (it always runs fp32), once the fp32
     backbone is freed."""
-    from tqdm import tqdm
-
-    from rynn_edge.runtime.backend_torch import TorchBackend
 
     backend = TorchBackend(opts.model, opts.vq)
     predictor = Predictor.open(backend, opts.tokenizer, opts.vq, stats=opts.stats, image_size=256)
@@ -156,91 +159,13 @@ def reference_run(
     del backend.backbone  # the fp32 backbone is done: free it before the head export below
     gc.collect()
     if "action_head" in precisions:
-        spec = _io_spec(cfg, "action_head")
+        spec = io_spec(cfg, "action_head")
         example = (torch.zeros(1, 8, cfg.hidden_size), torch.ones(1, 8, dtype=torch.bool))
         module = onnx_graphs.ActionHeadGraph(backend.head, torch.float32)
         onnx_graphs.export_graph(
-            module, example, "action_head", _dynamic_axes(spec), opts.out / "action_head.onnx"
+            module, example, "action_head", dynamic_axes(spec), opts.out / "action_head.onnx"
         )
     return ReferenceRun(references, lengths, calib, instructions)
-
-
-def _round(value: int, step: int, up: bool) -> int:
-    return max(step, (value + (step - 1 if up else 0)) // step * step)
-
-
-def profiles(cfg: ModelConfig, lengths: list[int]) -> dict[str, dict[str, Dim]]:
-    """Dynamic-dim ranges per stage: prompt lengths around the calibration prompts (same robot, same
-    image count give near-constant lengths; instructions vary by tens of tokens)."""
-    lo, hi = _round(min(lengths) - 64, 64, up=False), _round(max(lengths) + 192, 64, up=True)
-    prompt = Dim("L", lo, int(np.median(lengths)), hi)
-    slots = Dim("S", 1, hi + 300, hi + MAX_NEW_TOKENS)
-    return {
-        "vq_encoder": {"B": Dim("B", 1, 2, 4)},
-        "backbone_prefill": {"L": prompt},
-        "action_head": {"L": prompt},
-        "backbone_decode": {"N": Dim("N", 1, 1, hi), "S": slots},
-        "vq_decoder": {"B": Dim("B", 1, 1, 2), "h": Dim("h", 16, 16, 32), "w": Dim("w", 16, 16, 32)},
-    }
-
-
-def _io_spec(cfg: ModelConfig, stage: str, size: int = 256) -> dict[str, tuple[list, str]]:
-    """name -> (shape with dim names for dynamic dims, dtype) of every input and output."""
-    layers, heads, hd = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim
-    g = size // onnx_graphs.VQ_FACTOR
-    return {
-        "vq_encoder": {"images": (["B", 3, size, size], "float32"), "codes": (["B", g * g], "int32")},
-        "backbone_prefill": {
-            "ids": ([1, "L"], "int64"),
-            "positions": ([1, "L"], "int64"),
-            "key_mask": ([1, "L"], "bool"),
-            "hidden": ([1, "L", cfg.hidden_size], "float32"),
-        },
-        "action_head": {
-            "hidden": ([1, "L", cfg.hidden_size], "float32"),
-            "valid": ([1, "L"], "bool"),
-            "actions": ([1, cfg.time_horizon, cfg.action_dim], "float32"),
-        },
-        "backbone_decode": {
-            "ids": ([1, "N"], "int64"),
-            "positions": ([1, "N"], "int64"),
-            "past_k": ([layers, 1, heads, "S", hd], "cache"),
-            "past_v": ([layers, 1, heads, "S", hd], "cache"),
-            "attn_mask": ([1, "N", "S+N"], "bool"),
-            "logits": ([1, cfg.vocab_size], "float32"),
-            "present_k": ([layers, 1, heads, "N", hd], "cache"),
-            "present_v": ([layers, 1, heads, "N", hd], "cache"),
-        },
-        "vq_decoder": {"codes": (["B", "h", "w"], "int32"), "images": (["B", "16h", "16w", 3], "uint8")},
-    }[stage]
-
-
-def _dynamic_axes(spec: dict[str, tuple[list, str]]) -> dict[str, dict[int, str]]:
-    return {
-        name: {i: d for i, d in enumerate(shape) if isinstance(d, str)} for name, (shape, _) in spec.items()
-    }
-
-
-def _concrete(shape: list, dims: dict[str, int]) -> tuple[int, ...]:
-    def value(d: Any) -> int:
-        if isinstance(d, int):
-            return d
-        if d == "S+N":
-            return dims["S"] + dims["N"]
-        if d.startswith("16"):
-            return 16 * dims[d[2:]]
-        return dims[d]
-
-    return tuple(value(d) for d in shape)
-
-
-def trt_profile(
-    cfg: ModelConfig, stage: str, dims: dict[str, Dim], size: int = 256
-) -> tensorrt_build.Profile:
-    spec = _io_spec(cfg, stage, size)
-    inputs = onnx_graphs.STAGE_IO[stage].inputs
-    points = [{name: getattr(d, which) for name, d in dims.items()} for which in ("min", "opt", "max")]
-    return {name: tuple(_concrete(spec[name][0], p) for p in points) for name in inputs}  # type: ignore[misc]
 
 
 def export_vq(opts: Options, cfg: ModelConfig, precisions: dict[str, str]) -> list[str]:
@@ -249,23 +174,23 @@ def export_vq(opts: Options, cfg: ModelConfig, precisions: dict[str, str]) -> li
     if "vq_encoder" in precisions:
         dtype = DTYPES[precisions["vq_encoder"]]
         for size in VQ_SIZES:
-            spec = _io_spec(cfg, "vq_encoder", size)
+            spec = io_spec(cfg, "vq_encoder", size)
             example = (torch.zeros(1, 3, size, size),)
             name = f"vq_encoder_{size}"
             onnx_graphs.export_graph(
                 onnx_graphs.VQEncoder(vq, dtype),
                 example,
                 "vq_encoder",
-                _dynamic_axes(spec),
+                dynamic_axes(spec),
                 opts.out / f"{name}.onnx",
             )
             written.append(name)
     if "vq_decoder" in precisions:
-        spec = _io_spec(cfg, "vq_decoder")
+        spec = io_spec(cfg, "vq_decoder")
         example = (torch.zeros(1, 16, 16, dtype=torch.int32),)
         module = onnx_graphs.VQDecoder(vq, DTYPES[precisions["vq_decoder"]])
         onnx_graphs.export_graph(
-            module, example, "vq_decoder", _dynamic_axes(spec), opts.out / "vq_decoder.onnx"
+            module, example, "vq_decoder", dynamic_axes(spec), opts.out / "vq_decoder.onnx"
         )
         written.append("vq_decoder")
     return written
@@ -302,7 +227,7 @@ def export_backbone(
         for stage in stages:
             module, example = examples[stage]
             model = onnx_graphs.export_backbone_graph(
-                module, example, stage, _dynamic_axes(_io_spec(cfg, stage))
+                module, example, stage, dynamic_axes(io_spec(cfg, stage))
             )
             if scheme[stage] in quantize.SCHEMES:
                 quantize.quantize_backbone(model, backbone, scheme[stage], calib, file)
@@ -328,7 +253,7 @@ def write_assets(opts: Options, instructions: dict[str, list[int]]) -> dict[str,
     shutil.copy2(opts.vq / "text_tokenizer.json", opts.out / "vq" / "text_tokenizer.json")
     shutil.copy2(opts.model / "config.json", opts.out / "config.json")
     cfg = ModelConfig.from_dir(opts.model)
-    load_stats(opts.stats or robot_for(cfg.action_dim)).save(opts.out / "stats.json")
+    load_stats(opts.stats or embodiment(opts.robot, cfg.action_dim).name).save(opts.out / "stats.json")
     (opts.out / "instructions.json").write_text(json.dumps(instructions, indent=1) + "\n")
     return {
         "tokenizer": "tokenizer",
@@ -339,80 +264,6 @@ def write_assets(opts: Options, instructions: dict[str, list[int]]) -> dict[str,
     }
 
 
-def _versions() -> dict[str, str]:
-    import onnxruntime
-
-    from rynn_edge import runtime
-
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-    }
-    try:
-        from importlib.metadata import version
-
-        versions["rynn_edge"] = version("rynn-edge")
-    except Exception:  # an uninstalled source tree still exports
-        versions["rynn_edge"] = getattr(runtime, "__version__", "unknown")
-    return versions
-
-
-def _machine() -> dict[str, Any]:
-    gpu = local_gpu()
-    return {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "gpu": None if gpu is None else {"name": gpu.name, "compute_capability": gpu.compute_capability},
-    }
-
-
-def _stage_entries(
-    cfg: ModelConfig,
-    precisions: dict[str, str],
-    dims: dict[str, dict[str, Dim]],
-    counts: dict[str, dict[str, int]],
-) -> dict[str, dict[str, Any]]:
-    entries = {}
-    for stage, precision in precisions.items():
-        for name in [f"vq_encoder_{s}" for s in VQ_SIZES] if stage == "vq_encoder" else [stage]:
-            size = int(name.rsplit("_", 1)[1]) if stage == "vq_encoder" else 256
-            spec = _io_spec(cfg, stage, size)
-            cache = "float32" if precision == "fp32" else "float16"
-            entries[name] = {
-                "onnx": f"{name}.onnx",
-                "precision": precision,
-                "io": {
-                    n: {"shape": shape, "dtype": cache if dt == "cache" else dt}
-                    for n, (shape, dt) in spec.items()
-                },
-                "profile": {d.name: [d.min, d.opt, d.max] for d in dims[stage].values()},
-                **({"external_data": WEIGHTS} if stage.startswith("backbone") else {}),
-                **({"quantization": counts[stage]} if stage in counts else {}),
-            }
-    return entries
-
-
-class ArenaFreeBackend(OnnxRuntimeBackend):
-    """The onnxruntime backend without its CPU memory arena (same kernels, identical outputs): the arena
-    keeps a run's largest activations reserved on top of the decode session's weights (~0.5 GB more
-    peak at 1B parameters), and that session is the accuracy phase's peak."""
-
-    def session(self, stage: str) -> Any:
-        if stage not in self._sessions:
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            options.enable_cpu_mem_arena = False
-            path = str(self.artifact.stage_file(stage))
-            self._sessions[stage] = ort.InferenceSession(path, options, providers=self.providers)
-        return self._sessions[stage]
-
-
 def export(opts: Options) -> dict[str, Any]:
     """Run the whole export; returns the manifest. Raises UserError on accuracy failure (unless allowed)."""
     started = time.monotonic()
@@ -420,14 +271,15 @@ def export(opts: Options) -> dict[str, Any]:
         if not folder.is_dir():
             raise UserError(f"{flag} {folder}: not a folder")
     cfg = ModelConfig.from_dir(opts.model)
-    robot = robot_for(cfg.action_dim)
+    body = embodiment(opts.robot, cfg.action_dim)
+    robot = body.name
     precisions = stage_precisions(opts)
     stats = load_stats(opts.stats or robot)
     if opts.calibration_data is not None:
         samples = calibration.load_folder(opts.calibration_data)
         source = str(opts.calibration_data)
     else:
-        samples = calibration.synthetic(stats, IMAGE_COUNTS[robot][0])
+        samples = calibration.synthetic(stats, body.image_counts[0])
         source = "synthetic"
         print(
             f"rynn-edge export: no --calibration-data; using {len(samples)} synthetic frames. Fine for "
@@ -446,11 +298,11 @@ def export(opts: Options) -> dict[str, Any]:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"source": str(opts.model), "robot": robot, **cfg.__dict__},
         "precision": opts.precision,
-        "stages": _stage_entries(cfg, precisions, dims, counts),
+        "stages": stage_entries(cfg, precisions, dims, counts),
         "assets": assets,
         "target": {"kind": "onnxruntime"},
-        "versions": _versions(),
-        "machine": _machine(),
+        "versions": versions(),
+        "machine": machine(),
         "calibration": {
             "source": source,
             "samples": len(samples),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -217,7 +218,6 @@ def _int8(writer: _Writer, node: onnx.NodeProto, name: str, w: np.ndarray, absma
 
 
 def _fp8(writer: _Writer, node: onnx.NodeProto, name: str, w: np.ndarray, absmax: np.ndarray) -> None:
-    import ml_dtypes
 
     act_scale = max(float(absmax.max()), 1e-8) / FP8_MAX
     w_scale = max(float(np.abs(w).max()), 1e-8) / FP8_MAX
@@ -236,7 +236,6 @@ def _fp8(writer: _Writer, node: onnx.NodeProto, name: str, w: np.ndarray, absmax
 
 
 def _int4(writer: _Writer, node: onnx.NodeProto, name: str, w: np.ndarray) -> None:
-    import ml_dtypes
 
     k, n = w.shape
     block = INT4_BLOCK if k % INT4_BLOCK == 0 else k

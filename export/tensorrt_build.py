@@ -13,6 +13,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from tqdm import tqdm
+
 INSTALL_HINT = (
     "TensorRT is not installed, so the export stopped after writing ONNX graphs (they run with "
     "--backend onnxruntime). To build engines, run the export on the target machine with TensorRT: "
@@ -47,7 +49,6 @@ def _progress_monitor(trt: ModuleType, label: str) -> Any | None:
     base = getattr(trt, "IProgressMonitor", None)
     if base is None:
         return None
-    from tqdm import tqdm
 
     class Monitor(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:

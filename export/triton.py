@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from rynn_edge.export.onnx_graphs import STAGE_IO
+
 TRITON_TYPES = {
     "float32": "TYPE_FP32",
     "float16": "TYPE_FP16",
@@ -58,7 +60,6 @@ def config_pbtxt(name: str, entry: dict[str, Any], inputs: list[str], platform: 
 
 def write_repository(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write OUT/triton; returns the manifest's record of it."""
-    from rynn_edge.export.onnx_graphs import STAGE_IO
 
     repo = out / "triton"
     engines = manifest["target"].get("kind") == "tensorrt"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from rynn_edge.kernels._native import (
     ADDR_GOAL_POSITION,
     ADDR_PRESENT_POSITION,
@@ -82,7 +84,6 @@ __all__ = [
 
 def records_to_numpy(loop: ControlLoop, data: bytes | None = None) -> Any:
     """Drained loop records as a numpy structured array (fields: see `ControlLoop.record_dtype`)."""
-    import numpy as np
 
     if data is None:
         data = loop.drain_records()

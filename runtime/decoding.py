@@ -13,7 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
-from rynn_edge.runtime import vocab as V
+from rynn_edge.runtime.tokens import vocab as V
+from rynn_edge.runtime.tokens.image_layout import ImageLayout
 
 
 class StepModel(Protocol):
@@ -47,7 +48,8 @@ def action_mask_row(tokens: Sequence[int]) -> np.ndarray:
     """Keys the LAST token of `tokens` may attend to under the VLA action-block mask.
 
     Causal, except that a query inside an action block that starts after the last image block
-    may not see any earlier action block (research §4.3).
+    may not see any earlier action block: upstream builds the training mask this way so that each
+    predicted action block depends on the observation alone, not on the blocks decoded before it.
     """
     seq = np.asarray(tokens, dtype=np.int64)
     row = np.ones(len(seq), dtype=bool)
@@ -109,16 +111,6 @@ def greedy_causal(model: StepModel, prompt_ids: Sequence[int], max_new_tokens: i
     )
 
 
-def image_structure(grid_h: int, grid_w: int) -> list[int | None]:
-    """Token template of one image: fixed ids, or None where an image code is chosen.
-
-    Size tokens count 32-px patches, i.e. half the latent grid (16x16 latent -> 8812).
-    """
-    size_h, size_w = V.size_token_id(grid_h // 2), V.size_token_id(grid_w // 2)
-    row = [None] * grid_w + [V.ROW_END_ID]
-    return [V.IMAGE_START_ID, size_h, size_w, *(row * grid_h), V.IMAGE_END_ID]
-
-
 def greedy_images(
     model: StepModel,
     prompt_ids: Sequence[int],
@@ -132,7 +124,7 @@ def greedy_images(
     Fixed tokens (image start, size tokens, row ends, image end, final separator) are forced; at
     every code slot the argmax is taken over the 8192 image ids only. Plain causal attention.
     """
-    template = image_structure(grid_h, grid_w) * num_images + [V.TURN_SEP_ID]
+    template = ImageLayout(grid_h, grid_w).template() * num_images + [V.TURN_SEP_ID]
     allowed = np.asarray(image_ids, dtype=np.int64)
 
     def choose(logits: np.ndarray, generated: list[int]) -> int:

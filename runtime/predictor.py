@@ -1,8 +1,8 @@
 """One query, backend-agnostic: images + state + instruction -> prompt ids -> actions (or images).
 
 The predictor owns everything on the host side (resize, VQ code -> token table, state binning,
-prompt layout, parsing and de-normalisation); a backend (torch, onnxruntime, tensorrt) only runs
-the networks. The JSON it returns is the stable `rynn-edge predict --json` contract.
+prompt layout, parsing and de-normalisation); a backend (torch, cuda, onnxruntime, tensorrt) only
+runs the networks. It returns arrays (`Prediction`); the CLI turns them into its JSON.
 """
 
 from __future__ import annotations
@@ -10,25 +10,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
-from rynn_edge.runtime import decoding, prompt
+from rynn_edge.runtime import decoding
+from rynn_edge.runtime.backends.artifact import Artifact
+from rynn_edge.runtime.backends.cuda import CudaBackend
+from rynn_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from rynn_edge.runtime.backends.tensorrt import TensorRTBackend
+from rynn_edge.runtime.backends.torch import TorchBackend
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.images import to_model_input
-from rynn_edge.runtime.stats import Stats, load_stats
-from rynn_edge.runtime.text import TextTokenizer
-from rynn_edge.runtime.vocab import ImageVocab
+from rynn_edge.runtime.robot.embodiment import Embodiment, embodiment
+from rynn_edge.runtime.tokens import prompt
+from rynn_edge.runtime.tokens.image_layout import ImageLayout
+from rynn_edge.runtime.tokens.images import to_model_input
+from rynn_edge.runtime.tokens.stats import Stats, load_stats
+from rynn_edge.runtime.tokens.text import TextTokenizer
+from rynn_edge.runtime.tokens.vocab import ImageVocab
 
-# Images per VLA query: SO100 front + wrist; LIBERO (third, wrist) without or with one step of history.
-IMAGE_COUNTS = {"so100": (2,), "libero": (2, 4)}
 # The reference caps discrete decoding at action_steps (default 25) * 12 new tokens.
 DISCRETE_MAX_NEW_TOKENS = 25 * 12
 
 
 class Backend(Protocol):
+    """What a backend runs. One that also has `chunk(pixels, template_ids, slots, code_to_id) ->
+    (codes, normalized actions)` runs the whole continuous step fused, and the predictor uses it."""
+
     name: str
     time_horizon: int
     action_dim: int
@@ -39,9 +48,15 @@ class Backend(Protocol):
     def vq_decode(self, codes: np.ndarray) -> np.ndarray: ...
 
 
-def robot_for(action_dim: int) -> str:
-    """SO100 checkpoints have 6-d actions, LIBERO ones 7-d."""
-    return "so100" if action_dim == 6 else "libero"
+@dataclass(frozen=True)
+class Prediction:
+    prompt_ids: list[int]
+    vq_codes: np.ndarray  # int64 [images, h*w], raw codes 0..8191
+    mode: str
+    actions_normalized: np.ndarray  # float32 [T, A]
+    actions: np.ndarray  # [T, A] de-normalised, training units
+    goals: np.ndarray | None  # [T, A] absolute goals where the robot's actions are joint positions
+    generated_tokens: list[int] | None = None  # discrete mode: every generated id, the final 8710 included
 
 
 @dataclass
@@ -50,8 +65,12 @@ class Predictor:
     text: TextTokenizer
     vocab: ImageVocab
     stats: Stats
-    robot: str
+    embodiment: Embodiment
     image_size: int = 256
+
+    @property
+    def robot(self) -> str:
+        return self.embodiment.name
 
     @classmethod
     def open(
@@ -62,25 +81,26 @@ class Predictor:
         *,
         stats: str | Path | None = None,
         image_size: int = 256,
+        robot: str | None = None,
     ) -> Predictor:
-        robot = robot_for(backend.action_dim)
-        loaded = load_stats(stats or robot)
+        body = embodiment(robot, backend.action_dim)
+        loaded = load_stats(stats or body.name)
         if len(loaded.action.min) != backend.action_dim:
             raise UserError(
-                f"stats {stats or robot!r} have {len(loaded.action.min)} action dims but the checkpoint has "
-                f"action_dim {backend.action_dim}; pass --stats so100|libero|FILE matching the checkpoint"
+                f"stats {stats or body.name!r} have {len(loaded.action.min)} action dims but the checkpoint "
+                f"has action_dim {backend.action_dim}; pass --stats so100|libero|FILE matching the checkpoint"
             )
         return cls(
             backend=backend,
             text=TextTokenizer.from_dir(tokenizer_dir),
             vocab=ImageVocab.from_file(Path(vq_dir) / "text_tokenizer.json"),
             stats=loaded,
-            robot=robot,
+            embodiment=body,
             image_size=image_size,
         )
 
     def check_inputs(self, images: Sequence[Image.Image | np.ndarray], state: np.ndarray) -> None:
-        counts = IMAGE_COUNTS[self.robot]
+        counts = self.embodiment.image_counts
         if len(images) not in counts:
             want = " or ".join(map(str, counts))
             raise UserError(f"{self.robot} queries take {want} images in prompt order, got {len(images)}")
@@ -100,6 +120,24 @@ class Predictor:
         ids = prompt.vla_prompt(self.text, instruction, state, list(codes), self.stats, self.vocab)
         return ids, codes
 
+    def fused_continuous(
+        self, images: Sequence[Image.Image | np.ndarray], state: np.ndarray, instruction: str
+    ) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """Prompt ids, codes and normalized actions from one fused backend call: the prompt is laid out
+        with placeholder codes (its length and every other id do not depend on them), the backend
+        encodes the views and writes their token ids at the code positions itself."""
+        self.check_inputs(images, state)
+        grid = self.image_size // 16
+        layout = ImageLayout(grid, grid)
+        placeholder = [np.zeros(grid * grid, dtype=np.int64)] * len(images)
+        template = prompt.vla_prompt(self.text, instruction, state, placeholder, self.stats, self.vocab)
+        slots = layout.code_positions(template)
+        pixels = to_model_input(images, self.image_size).numpy()
+        codes, normalized = self.backend.chunk(pixels, template, slots, self.vocab.code_to_id)
+        ids = np.asarray(template)
+        ids[slots] = self.vocab.ids_from_codes(codes).reshape(-1)
+        return ids.tolist(), codes, normalized
+
     def predict(
         self,
         images: Sequence[Image.Image | np.ndarray],
@@ -108,16 +146,19 @@ class Predictor:
         mode: str = "continuous",
         max_new_tokens: int = DISCRETE_MAX_NEW_TOKENS,
         parallel: bool = True,
-    ) -> dict[str, Any]:
+    ) -> Prediction:
         """One query. Discrete mode decodes all action blocks as one batch where the backend can
         (identical tokens to sequential greedy decoding); `parallel=False` decodes them one by one."""
         state = np.asarray(state, dtype=np.float64)
-        ids, codes = self.vla_prompt(images, state, instruction)
-        result: dict[str, Any] = {"prompt_ids": ids, "vq_codes": codes.tolist(), "mode": mode}
-        if mode == "continuous":
+        tokens = None
+        if mode == "continuous" and hasattr(self.backend, "chunk"):
+            ids, codes, normalized = self.fused_continuous(images, state, instruction)
+        elif mode == "continuous":
+            ids, codes = self.vla_prompt(images, state, instruction)
             # float32 like the reference head output: denormalize then runs (v + 1) / 2 in float32 as upstream
             normalized = self.backend.actions(ids)
         elif mode == "discrete":
+            ids, codes = self.vla_prompt(images, state, instruction)
             tokens = decoding.discrete_actions(
                 self.backend.step_model(),
                 ids,
@@ -126,16 +167,12 @@ class Predictor:
                 max_new_tokens,
                 parallel=parallel,
             )
-            result["generated_tokens"] = tokens
             normalized = prompt.action_tokens_to_normalized(tokens, self.backend.action_dim)
         else:
             raise UserError(f"unknown mode {mode!r}: use continuous or discrete")
         actions = prompt.denormalize(normalized, self.stats.action)
-        result["actions_normalized"] = normalized.tolist()
-        result["actions"] = actions.tolist()
-        if self.robot == "so100":
-            result["goals"] = prompt.so100_goals(actions, state).tolist()
-        return result
+        goals = None if self.embodiment.goals is None else self.embodiment.goals(actions, state)
+        return Prediction(ids, np.asarray(codes), mode, normalized, actions, goals, tokens)
 
 
 def open_predictor(
@@ -147,11 +184,11 @@ def open_predictor(
     stats: str | Path | None = None,
     image_size: int = 256,
     trust_pickle: bool = False,
+    robot: str | None = None,
 ) -> Predictor:
     """A predictor over a raw checkpoint (needs the tokenizer and vq folders; backends torch, cuda) or
     over an exported artifact folder (it carries the tokenizer, token table and stats; backends
     onnxruntime, tensorrt)."""
-    from rynn_edge.runtime.artifact import Artifact
 
     if Artifact.is_artifact(model):
         artifact_backend, artifact = _artifact_backend(model, backend)
@@ -161,6 +198,7 @@ def open_predictor(
             vq or artifact.asset("image_vocab").parent,
             stats=stats or artifact.asset("stats"),
             image_size=image_size,
+            robot=robot or artifact.manifest.get("model", {}).get("robot"),
         )
     if backend not in ("torch", "cuda"):
         raise UserError(f"backend {backend!r} needs an exported artifact folder (rynn-edge export)")
@@ -168,28 +206,20 @@ def open_predictor(
         if value is None:
             raise UserError(f"--{flag} DIR is required with a raw checkpoint")
     if backend == "cuda":  # torch fast path: bf16, static shapes, CUDA graphs; refuses without a GPU
-        from rynn_edge.runtime.backend_cuda import CudaBackend
-
         checkpoint_backend = CudaBackend.open(model, vq, trust_pickle=trust_pickle)
     else:
-        from rynn_edge.runtime.backend_torch import TorchBackend
-
         checkpoint_backend = TorchBackend(model, vq, trust_pickle=trust_pickle)
-    return Predictor.open(checkpoint_backend, tokenizer, vq, stats=stats, image_size=image_size)
+    return Predictor.open(checkpoint_backend, tokenizer, vq, stats=stats, image_size=image_size, robot=robot)
 
 
 def _artifact_backend(model: str | Path, backend: str):
     """The backend over an exported artifact folder, and the verified artifact."""
-    from rynn_edge.runtime.artifact import Artifact
 
     if backend == "tensorrt":
-        from rynn_edge.runtime.backend_tensorrt import TensorRTBackend
-
         artifact = Artifact.open(model)  # checks the engines' GPU and TensorRT version first
         return TensorRTBackend(artifact), artifact
     if backend != "onnxruntime":
         raise UserError(f"{model} is an exported artifact: run it with --backend onnxruntime or tensorrt")
-    from rynn_edge.runtime.backend_onnxruntime import OnnxRuntimeBackend
 
     # The ONNX graphs run on any machine: the GPU/TensorRT checks only concern engines.
     artifact = Artifact.open(model, check_device=False)

@@ -11,8 +11,8 @@ import torch
 from exporting import calibration_folder, export_bundle
 from PIL import Image
 
-from rynn_edge.runtime.artifact import MANIFEST
-from rynn_edge.runtime.commands.make_tiny import write_tiny_bundle
+from rynn_edge.runtime.backends.artifact import MANIFEST
+from rynn_edge.runtime.tiny.bundle import write_tiny_bundle
 
 # Commands run in-process (bench, profile, also from module-scoped fixtures) may set torch's
 # process-wide thread count; every test starts from the default (float results depend on the split).

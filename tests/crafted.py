@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rynn_edge.runtime import vocab as V
+from rynn_edge.runtime.tokens import vocab as V
 
 A = 3  # values per block
 IMG = [V.IMAGE_START_ID, 8812, 8812, 5, 6, V.ROW_END_ID, V.IMAGE_END_ID]

@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from rynn_edge.runtime.checkpoint import load_model
-from rynn_edge.runtime.tiny_model import write_tiny_model
+from rynn_edge.runtime.model.checkpoint import load_model
+from rynn_edge.runtime.tiny.model import write_tiny_model
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 T, A, H = 20, 6, 256

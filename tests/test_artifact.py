@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from rynn_edge.runtime.artifact import MANIFEST, Artifact, LocalGPU, _verify_engine_target, write_manifest
+from rynn_edge.runtime.backends.artifact import (
+    MANIFEST,
+    Artifact,
+    LocalGPU,
+    _verify_engine_target,
+    write_manifest,
+)
 from rynn_edge.runtime.errors import UserError
 
 

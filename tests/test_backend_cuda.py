@@ -9,13 +9,15 @@ import torch
 from test_parallel_decoding import A, blocks, craft, prompt_ids
 
 from rynn_edge.runtime import decoding
-from rynn_edge.runtime.backend_cuda import LENGTH_BUCKET, CudaBackend, image_slots, require_device
-from rynn_edge.runtime.backend_torch import TorchBackend, TorchStepModel
-from rynn_edge.runtime.checkpoint import load_model
+from rynn_edge.runtime.backends.cuda import CudaBackend, require_device
+from rynn_edge.runtime.backends.shapes import LENGTH_BUCKET
+from rynn_edge.runtime.backends.torch import TorchBackend, TorchStepModel
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.images import load_image, to_model_input
+from rynn_edge.runtime.model.checkpoint import load_model
+from rynn_edge.runtime.model.vqgan import VQGAN
 from rynn_edge.runtime.predictor import Predictor
-from rynn_edge.runtime.vqgan import VQGAN
+from rynn_edge.runtime.tokens.image_layout import ImageLayout
+from rynn_edge.runtime.tokens.images import load_image, to_model_input
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +65,35 @@ def test_batched_vq_encode_decode_equal_the_reference(pair, query) -> None:
 def test_fused_chunk_equals_host_prompt_path(pair, query) -> None:
     reference, fast = pair
     predictor, ids, codes, pixels = query
-    slots = image_slots(ids, 16)
+    slots = ImageLayout(16, 16).code_positions(ids)
     np.testing.assert_array_equal(np.asarray(ids)[slots], predictor.vocab.ids_from_codes(codes).reshape(-1))
     template = np.asarray(ids).copy()
     template[slots] = 0  # the graph writes the image tokens itself
-    got = fast.chunk(pixels, template.tolist(), slots, predictor.vocab.code_to_id)
+    got_codes, got = fast.chunk(pixels, template.tolist(), slots, predictor.vocab.code_to_id)
+    np.testing.assert_array_equal(got_codes, codes)
     np.testing.assert_allclose(got, reference.actions(ids), atol=1e-4, rtol=1e-4)
+
+
+def test_predictor_runs_the_fused_chunk_with_the_host_prompt(pair, query, so100_bundle, frames) -> None:
+    """The predictor's continuous path on the cuda backend is the fused step, and it yields the same
+    prompt ids and codes as the host path (the reference backend has no fused step)."""
+    reference, fast = pair
+    calls = []
+    fused = Predictor.open(fast, so100_bundle["tokenizer"], so100_bundle["vq"])
+    fast_chunk = fast.chunk
+    fast.chunk = lambda *a: calls.append(a) or fast_chunk(*a)
+    try:
+        images = [load_image(p) for p in frames[:2]]
+        state = np.array([3.5, 120, 80, -10, 5, 30])
+        got = fused.predict(images, state, "put the cube in the box")
+    finally:
+        del fast.chunk
+    want = query[0].predict(images, state, "put the cube in the box")
+    assert len(calls) == 1
+    assert got.prompt_ids == want.prompt_ids
+    np.testing.assert_array_equal(got.vq_codes, want.vq_codes)
+    np.testing.assert_allclose(got.actions_normalized, want.actions_normalized, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(got.goals, want.goals, atol=1e-2)
 
 
 def test_decode_cache_matches_reference_greedy(pair) -> None:

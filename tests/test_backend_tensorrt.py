@@ -8,11 +8,11 @@ import sys
 import pytest
 import torch
 
-from rynn_edge.export.pipeline import _stage_entries, profiles, trt_profile
-from rynn_edge.runtime.artifact import Artifact
-from rynn_edge.runtime.backend_tensorrt import TensorRTBackend, bucket, dim_ranges, max_dims, plan_shapes
-from rynn_edge.runtime.checkpoint import ModelConfig
+from rynn_edge.export.manifest import profiles, stage_entries, trt_profile
+from rynn_edge.runtime.backends.artifact import Artifact
+from rynn_edge.runtime.backends.tensorrt import TensorRTBackend, bucket, dim_ranges, max_dims, plan_shapes
 from rynn_edge.runtime.errors import UserError
+from rynn_edge.runtime.model.config import ModelConfig
 
 CFG = ModelConfig(65536, 256, 512, 2, 2, 2, 1e-5, 10000.0, 6, 20)
 PRECISIONS = {
@@ -23,7 +23,7 @@ PRECISIONS = {
 @pytest.fixture(scope="module")
 def stages():
     dims = profiles(CFG, [590, 600])
-    entries = _stage_entries(CFG, PRECISIONS, dims, {})
+    entries = stage_entries(CFG, PRECISIONS, dims, {})
     built = {name: dict(entry) for name, entry in entries.items()}
     for name, entry in built.items():  # what build_engines records: per-input min/opt/max shapes
         stage = "vq_encoder" if name.startswith("vq_encoder") else name

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from rynn_edge.runtime.benchmarking import execute_whole_chunk_hz, sustainable_hz
+from rynn_edge.runtime.bench.timing import execute_whole_chunk_hz, sustainable_hz
 from rynn_edge.runtime.cli import main
 
 MODES = "continuous,discrete-sequential,discrete-parallel"

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from rynn_edge.runtime.cameras import Camera, parse_camera_specs, synthetic_frame
 from rynn_edge.runtime.errors import UserError
+from rynn_edge.runtime.robot.cameras import Camera, parse_camera_specs, synthetic_frame
 
 
 def test_synthetic_is_deterministic_and_moving():

@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rynn_edge.runtime.checkpoint import ModelConfig, load_model
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.tiny_model import write_tiny_model
+from rynn_edge.runtime.model.checkpoint import load_model
+from rynn_edge.runtime.model.config import ModelConfig
+from rynn_edge.runtime.tiny.model import write_tiny_model
 
 TINY = {"hidden_size": 256, "num_layers": 2, "intermediate_size": 688, "vocabulary_map": None}
 Q_PROJ = "model.layers.1.self_attn.q_proj.weight"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rynn_edge.runtime.chunking import ChunkScheduler, Plan
+from rynn_edge.runtime.robot.chunking import ChunkScheduler, Plan
 
 RATE = 30.0
 PERIOD = round(1e9 / RATE)

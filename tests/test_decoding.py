@@ -8,9 +8,10 @@ import torch
 from crafted import IMG, VALUES, A, blocks, craft
 
 from rynn_edge.runtime import decoding
-from rynn_edge.runtime import vocab as V
-from rynn_edge.runtime.backend_torch import TorchStepModel
-from rynn_edge.runtime.checkpoint import load_model
+from rynn_edge.runtime.backends.torch import TorchStepModel
+from rynn_edge.runtime.model.checkpoint import load_model
+from rynn_edge.runtime.tokens import vocab as V
+from rynn_edge.runtime.tokens.image_layout import ImageLayout
 
 
 def test_mask_hides_earlier_action_blocks_after_the_last_image() -> None:
@@ -50,7 +51,7 @@ def test_mask_pairs_starts_and_ends_in_order_like_the_reference() -> None:
 
 
 def test_image_structure_template() -> None:
-    template = decoding.image_structure(16, 16)
+    template = ImageLayout(16, 16).template()
     assert len(template) == 276
     assert template[:3] == [V.IMAGE_START_ID, 8812, 8812] and template[-1] == V.IMAGE_END_ID
     assert template.count(V.ROW_END_ID) == 16 and template.count(None) == 256
@@ -111,7 +112,7 @@ def test_structure_forcing_always_gives_well_formed_images(so100_bundle) -> None
     cfg, backbone, _ = load_model(so100_bundle["model"])
     image_ids = np.arange(4, 4 + V.N_IMAGE_CODES)
     tokens = decoding.greedy_images(TorchStepModel(backbone), [0, 16201, 16202], image_ids, 4, 6, 2)
-    template = decoding.image_structure(4, 6)
+    template = ImageLayout(4, 6).template()
     assert len(tokens) == 2 * len(template) + 1 and tokens[-1] == V.TURN_SEP_ID
     for span in decoding.image_spans(tokens):
         for got, want in zip(span, template, strict=True):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from rynn_edge.runtime.commands.demo import default_workdir, tiny_bundle
-from rynn_edge.runtime.episode_log import read_episode
+from rynn_edge.runtime.robot.episode_log import read_episode
 
 
 def test_demo_runs_end_to_end_and_caches_its_checkpoint(tmp_path, capsys):

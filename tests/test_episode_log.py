@@ -12,13 +12,13 @@ import time
 import numpy as np
 import pytest
 
-from rynn_edge.runtime.episode_log import CorruptLogError, EpisodeLog, read_episode
+from rynn_edge.runtime.robot.episode_log import CorruptLogError, EpisodeLog, read_episode
 
 WRITER = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    from rynn_edge.runtime.episode_log import EpisodeLog
+    from rynn_edge.runtime.robot.episode_log import EpisodeLog
     log = EpisodeLog(sys.argv[1])
     i = 0
     while True:

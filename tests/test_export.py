@@ -15,10 +15,11 @@ from exporting import calibration_folder, export_bundle
 
 from rynn_edge.export import accuracy, quantize
 from rynn_edge.export.tensorrt_build import build_engine, load_tensorrt
-from rynn_edge.runtime.artifact import MANIFEST, Artifact
-from rynn_edge.runtime.backend_onnxruntime import OnnxRuntimeBackend
-from rynn_edge.runtime.checkpoint import ModelConfig, load_model
+from rynn_edge.runtime.backends.artifact import MANIFEST, Artifact
+from rynn_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from rynn_edge.runtime.cli import main
+from rynn_edge.runtime.model.checkpoint import load_model
+from rynn_edge.runtime.model.config import ModelConfig
 
 # TensorRT-RTX stands in for TensorRT in CI: the full TensorRT libraries are not on PyPI and need a GPU
 # to build, while TensorRT-RTX parses and builds ahead of time on a CPU for RTX GPUs (SM86/SM89 here).
@@ -183,8 +184,8 @@ def test_corrupted_artifact_is_refused_by_predict(capsys, tmp_path, so100_fp32, 
 
 def _small_profile(cfg: ModelConfig, stage: str, entry: dict) -> dict:
     """Shapes small enough for a quick build: the manifest's I/O with every dynamic dim near its minimum."""
+    from rynn_edge.export.manifest import trt_profile
     from rynn_edge.export.onnx_graphs import STAGE_IO, Dim
-    from rynn_edge.export.pipeline import trt_profile
 
     dims = {
         "vq_encoder": {"B": Dim("B", 1, 1, 2)},

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.images import load_image, resize_for_model, to_model_input, to_rgb
+from rynn_edge.runtime.tokens.images import load_image, resize_for_model, to_model_input, to_rgb
 
 
 def test_load_image_missing_file_is_named(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ import pytest
 from crafted import IMG, VALUES, A, blocks, craft
 
 from rynn_edge.runtime import decoding
-from rynn_edge.runtime import vocab as V
-from rynn_edge.runtime.backend_torch import TorchStepModel
-from rynn_edge.runtime.checkpoint import load_model
+from rynn_edge.runtime.backends.torch import TorchStepModel
+from rynn_edge.runtime.model.checkpoint import load_model
+from rynn_edge.runtime.tokens import vocab as V
 
 
 class Counting(TorchStepModel):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rynn_edge.runtime import vocab as V
 from rynn_edge.runtime.cli import main
-from rynn_edge.runtime.prompt import action_tokens_to_normalized, denormalize
-from rynn_edge.runtime.stats import load_stats
+from rynn_edge.runtime.tokens import vocab as V
+from rynn_edge.runtime.tokens.prompt import action_tokens_to_normalized, denormalize
+from rynn_edge.runtime.tokens.stats import load_stats
 
 SO100_STATE = "3.5,120.0,80.25,-10.0,5.0,30.0"
 LIBERO_STATE = "0.1,0.0,1.0,3.0,0.5,-0.2,0.01,-0.01"

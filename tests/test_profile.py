@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from rynn_edge.runtime.bench.profiling import COVERAGE, OTHER
+from rynn_edge.runtime.bench.roofline import CHAMELEON_VQ, MODES, decode_steps, jetson_peak, stage_costs
 from rynn_edge.runtime.cli import main
-from rynn_edge.runtime.profiling import COVERAGE, OTHER
-from rynn_edge.runtime.roofline import CHAMELEON_VQ, MODES, decode_steps, jetson_peak, stage_costs
 
 STAGES = ("backbone_prefill", "action_head", "backbone_decode")
 
@@ -70,7 +70,7 @@ def test_tensorrt_profile_needs_an_artifact(tmp_path, so100_bundle, capsys):
 
 
 def test_roofline_costs_of_the_7b_model():
-    from rynn_edge.runtime.checkpoint import ModelConfig
+    from rynn_edge.runtime.model.config import ModelConfig
 
     cfg = ModelConfig(65536, 4096, 11008, 32, 32, 32, 1e-5, 10000.0, 6, 20)
     costs = {

@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rynn_edge.runtime import prompt as p
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.stats import load_stats
-from rynn_edge.runtime.text import (
+from rynn_edge.runtime.tiny.tokenizer import write_tiny_tokenizer
+from rynn_edge.runtime.tokens import prompt as p
+from rynn_edge.runtime.tokens.stats import load_stats
+from rynn_edge.runtime.tokens.text import (
     IMAGE,
     STATE,
     WORLD_MODEL_EVAL_SENTENCE,
     WORLD_MODEL_TRAIN_SENTENCE,
     TextTokenizer,
 )
-from rynn_edge.runtime.tiny_tokenizer import write_tiny_tokenizer
-from rynn_edge.runtime.vocab import ImageVocab
+from rynn_edge.runtime.tokens.vocab import ImageVocab
 
 SO100, LIBERO, WORLD = load_stats("so100"), load_stats("libero"), load_stats("libero_world")
 INSTRUCTION = "Place the strawberries from the table into the cup."
@@ -191,13 +191,3 @@ def test_placeholders_are_filled_per_type_in_order_of_appearance(tok):
     assert ids[-4:] == [1, 3, 2, 8710]
     with pytest.raises(UserError, match="2 <\\|image\\|> placeholders but 3 were given"):
         p._fill(pieces, {IMAGE: [[1], [2], [4]], STATE: [[3]]})
-
-
-def test_so100_goals():
-    actions = np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 40.0], [-1.0, 0.0, 0.0, 0.0, 0.0, 10.0]])
-    state = np.array([10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
-    goals = p.so100_goals(actions, state)
-    np.testing.assert_array_equal(goals[:, :5], actions[:, :5] + state[:5])
-    np.testing.assert_array_equal(goals[:, 5], [40.0, 10.0])
-    with pytest.raises(UserError, match="SO100 expects"):
-        p.so100_goals(actions[:, :5], state)

@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 import pytest
 
-from rynn_edge.runtime.episode_log import read_episode
 from rynn_edge.runtime.robot import so100
 from rynn_edge.runtime.robot.calibration import save_calibration
+from rynn_edge.runtime.robot.episode_log import read_episode
 from rynn_edge.runtime.sim import launch
 
 CAMERAS = ("front=synthetic", "wrist=synthetic")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.stats import PRESETS, load_stats
+from rynn_edge.runtime.tokens.stats import PRESETS, load_stats
 
 
 def test_presets_have_upstream_dims_and_values():

@@ -8,7 +8,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.text import (
+from rynn_edge.runtime.tiny.tokenizer import write_tiny_tokenizer
+from rynn_edge.runtime.tokens.text import (
     ACTION,
     IMAGE,
     PLACEHOLDERS,
@@ -18,7 +19,6 @@ from rynn_edge.runtime.text import (
     TextTokenizer,
     vla_question,
 )
-from rynn_edge.runtime.tiny_tokenizer import write_tiny_tokenizer
 
 INSTRUCTIONS = (
     "Place the block inside the circle.",

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from rynn_edge.runtime import prompt
-from rynn_edge.runtime.images import load_image, to_model_input
-from rynn_edge.runtime.stats import load_stats
-from rynn_edge.runtime.text import TextTokenizer
-from rynn_edge.runtime.vocab import ImageVocab
-from rynn_edge.runtime.vqgan import VQGAN
+from rynn_edge.runtime.model.vqgan import VQGAN
+from rynn_edge.runtime.tokens import prompt
+from rynn_edge.runtime.tokens.images import load_image, to_model_input
+from rynn_edge.runtime.tokens.stats import load_stats
+from rynn_edge.runtime.tokens.text import TextTokenizer
+from rynn_edge.runtime.tokens.vocab import ImageVocab
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "upstream_prompts.json").read_text())
 

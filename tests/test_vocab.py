@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rynn_edge.runtime import vocab as v
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.tiny_tokenizer import image_token_name, write_tiny_tokenizer
+from rynn_edge.runtime.tiny.tokenizer import image_token_name, write_tiny_tokenizer
+from rynn_edge.runtime.tokens import vocab as v
 
 
 @pytest.fixture(scope="module")

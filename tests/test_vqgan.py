@@ -16,8 +16,8 @@ import torch
 import yaml
 
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.tiny_vq import write_tiny_vq
-from rynn_edge.runtime.vqgan import VQGAN, Downsample, VectorQuantizer
+from rynn_edge.runtime.model.vqgan import VQGAN, Downsample, VectorQuantizer
+from rynn_edge.runtime.tiny.vq import write_tiny_vq
 
 UPSTREAM_REPO = Path(
     os.environ.get("RYNN_EDGE_UPSTREAM_REPO", "/work/.mirror/alibaba-damo-academy+RynnVLA-002/repo")

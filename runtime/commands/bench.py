@@ -53,7 +53,7 @@ def _modes(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from rynn_edge.runtime.benchmarking import add_common_arguments
+    from rynn_edge.runtime.commands.measure_args import add_common_arguments
 
     add_common_arguments(parser, "bench-results")
     parser.add_argument(
@@ -110,8 +110,8 @@ def _weights_label(model: Path, choice: str) -> str:
 
 
 def _runner(backend: str, precision: str | None, model: Path, args: argparse.Namespace):
-    from rynn_edge.runtime import chunk_bench
-    from rynn_edge.runtime.artifact import Artifact
+    from rynn_edge.runtime.backends.artifact import Artifact
+    from rynn_edge.runtime.bench import chunk_runners as chunk_bench
 
     weights = _weights_label(model, args.weights)
     if backend in ("onnxruntime", "tensorrt"):
@@ -128,9 +128,9 @@ def _runner(backend: str, precision: str | None, model: Path, args: argparse.Nam
 
 
 def sweep(args: argparse.Namespace) -> dict[str, Any]:
-    from rynn_edge.runtime import benchmarking as B
-    from rynn_edge.runtime.chunk_bench import __doc__ as timed
-    from rynn_edge.runtime.roofline import decode_steps
+    from rynn_edge.runtime.bench import timing as B
+    from rynn_edge.runtime.bench.chunk_runners import __doc__ as timed
+    from rynn_edge.runtime.bench.roofline import decode_steps
 
     specs = [(args.backend, args.precision, args.model)] + [_spec(s, args) for s in args.compare]
     rows: list[dict[str, Any]] = []
@@ -201,7 +201,7 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    from rynn_edge.runtime.benchmarking import pyplot, save_figure, where
+    from rynn_edge.runtime.bench.timing import pyplot, save_figure, where
 
     plt = pyplot()
     fig, (ax_lat, ax_rate) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -241,13 +241,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rynn_edge.runtime import benchmarking as B
+    from rynn_edge.runtime.bench import timing as B
 
     if args.runs < 1 or args.warmup < 0:
         raise UserError("--runs must be >= 1 and --warmup >= 0")
-    B.set_threads(args)
+    B.set_threads(args.threads)
     result = sweep(args)
-    if B.write_outputs(result, args, "bench", result["rows"], lambda path: plot(result, path)):
+    drawn = None if args.no_plot else (lambda path: plot(result, path))
+    if B.write_outputs(result, args.out, "bench", result["rows"], drawn, as_json=args.json):
         return 0
     columns = COLUMNS + (("speedup_vs_first",) if args.compare else ())
     print(B.format_table(result["rows"], columns))

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def tiny_bundle(workdir: Path) -> dict[str, Path]:
     """The cached tiny checkpoint, made with make-tiny-checkpoint's writer if absent or incomplete."""
-    from rynn_edge.runtime.commands.make_tiny import write_tiny_bundle
+    from rynn_edge.runtime.tiny.bundle import write_tiny_bundle
 
     folder = workdir / "tiny-so100"
     paths = {name: folder / name for name in ("model", "tokenizer", "vq")}
@@ -54,9 +54,9 @@ def tiny_bundle(workdir: Path) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rynn_edge.runtime import control
-    from rynn_edge.runtime.robot import so100
+    from rynn_edge.runtime.robot import control, so100
     from rynn_edge.runtime.robot.calibration import save_calibration
+    from rynn_edge.runtime.robot.report import print_outcome
     from rynn_edge.runtime.sim import launch
 
     workdir = (args.workdir or default_workdir()).expanduser()
@@ -85,5 +85,5 @@ def run(args: argparse.Namespace) -> int:
             episode_log=str(episode_log),
         )
         outcome = control.run(cfg)
-    control.print_outcome(outcome, args.json)
+    print_outcome(outcome.summary, args.json)
     return outcome.reason.code

@@ -38,11 +38,12 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from rynn_edge.runtime import decoding, prompt
+    from rynn_edge.runtime import decoding
     from rynn_edge.runtime.commands.vq import codes_from_image_tokens
     from rynn_edge.runtime.errors import UserError
-    from rynn_edge.runtime.stats import load_stats
-    from rynn_edge.runtime.text import WORLD_MODEL_EVAL_SENTENCE, WORLD_MODEL_TRAIN_SENTENCE
+    from rynn_edge.runtime.tokens import prompt
+    from rynn_edge.runtime.tokens.stats import load_stats
+    from rynn_edge.runtime.tokens.text import WORLD_MODEL_EVAL_SENTENCE, WORLD_MODEL_TRAIN_SENTENCE
 
     predictor = open_predictor(args, default_size=256)
     sentence = args.prompt or ("lerobot" if predictor.robot == "so100" else "libero")

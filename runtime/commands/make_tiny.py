@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-PRESETS = ("so100", "libero")
+PRESETS = ("so100", "libero")  # tiny.model.PRESETS, spelled here so --help imports no torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,39 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the written paths as JSON")
 
 
-def write_tiny_bundle(
-    out: Path,
-    preset: str = "so100",
-    *,
-    hidden_size: int = 256,
-    layers: int = 2,
-    intermediate_size: int | None = None,
-    time_horizon: int | None = None,
-    shard_bytes: int | None = None,
-    seed: int = 0,
-) -> dict[str, Path]:
-    from rynn_edge.runtime.tiny_model import write_tiny_model
-    from rynn_edge.runtime.tiny_tokenizer import write_tiny_tokenizer
-    from rynn_edge.runtime.tiny_vq import write_tiny_vq
-
-    paths = {"model": out / "model", "tokenizer": out / "tokenizer", "vq": out / "vq"}
-    write_tiny_vq(paths["vq"], seed=seed)
-    vocabulary_map = write_tiny_tokenizer(paths["tokenizer"], paths["vq"], seed=seed)
-    write_tiny_model(
-        paths["model"],
-        preset,
-        hidden_size=hidden_size,
-        num_layers=layers,
-        intermediate_size=intermediate_size or 2 * hidden_size,
-        vocabulary_map=vocabulary_map,
-        seed=seed,
-        max_shard_bytes=shard_bytes,
-        time_horizon=time_horizon,
-    )
-    return paths
-
-
 def run(args: argparse.Namespace) -> int:
+    from rynn_edge.runtime.tiny.bundle import write_tiny_bundle
+
     paths = write_tiny_bundle(
         args.out,
         args.preset,

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rynn_edge.runtime.errors import UserError
+
+if TYPE_CHECKING:
+    from rynn_edge.runtime.predictor import Prediction
 
 BACKENDS = ("torch", "onnxruntime", "cuda", "tensorrt")
 
@@ -24,7 +28,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", type=Path, help="HF tokenizer folder (tokenizer.json)")
     parser.add_argument("--vq", type=Path, help="Chameleon image tokenizer folder (vqgan.yaml, vqgan.ckpt)")
     parser.add_argument("--image", action="append", type=Path, default=[], help="image file, in prompt order")
-    parser.add_argument("--stats", help="so100 | libero | path to stats.json (default: from action_dim)")
+    parser.add_argument("--stats", help="so100 | libero | path to stats.json (default: the robot's)")
+    parser.add_argument(
+        "--robot",
+        choices=("so100", "libero"),
+        help="the robot the checkpoint drives (default: the artifact's, or the checkpoint's action space)",
+    )
     parser.add_argument("--backend", choices=BACKENDS, default="torch")
     parser.add_argument("--image-size", type=int, choices=(256, 512), default=None, help="model resolution")
     parser.add_argument(
@@ -57,11 +66,12 @@ def open_predictor(args: argparse.Namespace, default_size: int):
         stats=args.stats,
         image_size=args.image_size or default_size,
         trust_pickle=args.trust_pickle,
+        robot=args.robot,
     )
 
 
 def load_images(paths: list[Path]):
-    from rynn_edge.runtime.images import load_image
+    from rynn_edge.runtime.tokens.images import load_image
 
     if not paths:
         raise UserError("give at least one --image PATH (in prompt order)")
@@ -81,11 +91,28 @@ def run(args: argparse.Namespace) -> int:
         parallel=not args.sequential,
     )
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(to_json(result)))
         return 0
-    print(f"prompt: {len(result['prompt_ids'])} tokens; images: {len(result['vq_codes'])}")
-    key = "goals" if "goals" in result else "actions"
-    print(f"{key} [{len(result[key])} x {len(result[key][0]) if result[key] else 0}]:")
-    for step, row in enumerate(result[key]):
+    print(f"prompt: {len(result.prompt_ids)} tokens; images: {len(result.vq_codes)}")
+    key, rows = ("goals", result.goals) if result.goals is not None else ("actions", result.actions)
+    print(f"{key} [{rows.shape[0]} x {rows.shape[1] if rows.ndim == 2 else 0}]:")
+    for step, row in enumerate(rows):
         print(f"  {step:3d}  " + "  ".join(f"{v:9.3f}" for v in row))
     return 0
+
+
+def to_json(result: Prediction) -> dict[str, Any]:
+    """The `predict --json` contract: prompt_ids, vq_codes, mode, [generated_tokens,] actions_normalized,
+    actions and, where the robot's actions are joint positions, goals."""
+    out: dict[str, Any] = {
+        "prompt_ids": result.prompt_ids,
+        "vq_codes": result.vq_codes.tolist(),
+        "mode": result.mode,
+    }
+    if result.generated_tokens is not None:
+        out["generated_tokens"] = result.generated_tokens
+    out["actions_normalized"] = result.actions_normalized.tolist()
+    out["actions"] = result.actions.tolist()
+    if result.goals is not None:
+        out["goals"] = result.goals.tolist()
+    return out

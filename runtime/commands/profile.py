@@ -10,10 +10,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rynn_edge.runtime.backends.artifact import STAGES
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.profiling import COVERAGE
 
-STAGES = ("vq_encoder", "backbone_prefill", "action_head", "backbone_decode", "vq_decoder")
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 COLUMNS = (
     "layer",
@@ -31,7 +30,7 @@ COLUMNS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from rynn_edge.runtime.benchmarking import add_common_arguments
+    from rynn_edge.runtime.commands.measure_args import add_common_arguments
 
     add_common_arguments(parser, "profile-results")
     parser.add_argument("--backend", choices=BACKENDS, default=None, help="default: by folder kind")
@@ -44,15 +43,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def profile(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from rynn_edge.runtime import benchmarking as B
-    from rynn_edge.runtime import stage_inputs
-    from rynn_edge.runtime.artifact import Artifact
-    from rynn_edge.runtime.roofline import measure_peak
+    from rynn_edge.runtime.backends.artifact import Artifact
+    from rynn_edge.runtime.bench import profiling, stage_inputs
+    from rynn_edge.runtime.bench import timing as B
+    from rynn_edge.runtime.bench.roofline import measure_peak
 
     backend = args.backend or ("onnxruntime" if Artifact.is_artifact(args.model) else "torch")
     stages = list(STAGES) if args.stage == "all" else [args.stage]
     if backend == "torch":
-        profiles = stage_inputs.torch_profiles(args, stages)
+        profiles = stage_inputs.torch_profiles(
+            args.model,
+            args.tokenizer,
+            args.vq,
+            precision=args.precision,
+            device=args.device,
+            runs=args.runs,
+            stages=stages,
+        )
         dtype = stage_inputs.DTYPES[args.precision]
     elif backend == "tensorrt":
         profiles = stage_inputs.tensorrt_profiles(args.model, stages, args.runs)
@@ -69,7 +76,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
         "backend": backend,
         "precision": args.precision if backend == "torch" else "artifact",
         "environment": B.environment(device),
-        "coverage_definition": COVERAGE,
+        "coverage_definition": profiling.COVERAGE,
         "peak": {
             "name": peak.name,
             "precision": peak.precision,
@@ -82,7 +89,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path, top: int) -> None:
-    from rynn_edge.runtime.benchmarking import pyplot, save_figure, where
+    from rynn_edge.runtime.bench.timing import pyplot, save_figure, where
 
     plt = pyplot()
     rows = sorted((r for s in result["stages"] for r in s["rows"]), key=lambda r: -r["mean_ms"])[:top]
@@ -108,14 +115,15 @@ def plot(result: dict[str, Any], path: Path, top: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rynn_edge.runtime import benchmarking as B
+    from rynn_edge.runtime.bench import timing as B
 
     if args.runs < 1 or args.top < 1:
         raise UserError("--runs and --top must be >= 1")
-    B.set_threads(args)
+    B.set_threads(args.threads)
     result = profile(args)
     rows = [r for s in result["stages"] for r in s["rows"]]
-    if B.write_outputs(result, args, "profile", rows, lambda path: plot(result, path, args.top)):
+    drawn = None if args.no_plot else (lambda path: plot(result, path, args.top))
+    if B.write_outputs(result, args.out, "profile", rows, drawn, as_json=args.json):
         return 0
     peak = result["peak"]
     print(
@@ -128,5 +136,5 @@ def run(args: argparse.Namespace) -> int:
             f"{s['layers_ms']:.3f} ms = {100 * s['coverage']:.0f}% of the profiled call"
         )
         print(B.format_table(s["rows"][: args.top] + s["rows"][-1:], COLUMNS))
-    print(f"\n{COVERAGE}\nwrote " + ", ".join(result["files"].values()))
+    print(f"\n{result['coverage_definition']}\nwrote " + ", ".join(result["files"].values()))
     return 0

@@ -20,7 +20,7 @@ def _pose(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from rynn_edge.runtime.control import EXIT_CODES_HELP
+    from rynn_edge.runtime.robot.report import EXIT_CODES_HELP
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
@@ -115,8 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from rynn_edge.runtime.cameras import parse_camera_specs
-    from rynn_edge.runtime.control import RunConfig
+    from rynn_edge.runtime.robot.cameras import parse_camera_specs
+    from rynn_edge.runtime.robot.control import RunConfig
 
     if not args.camera:
         raise UserError("give at least one --camera NAME=SOURCE (SO100 models take front and wrist)")
@@ -152,8 +152,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from rynn_edge.runtime import control
+    from rynn_edge.runtime.robot import control
+    from rynn_edge.runtime.robot.report import print_outcome
 
     outcome = control.run(config_from_args(args))
-    control.print_outcome(outcome, args.json)
+    print_outcome(outcome.summary, args.json)
     return outcome.reason.code

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
-    from rynn_edge.runtime.vocab import ImageVocab
+    from rynn_edge.runtime.tokens.vocab import ImageVocab
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from rynn_edge.runtime.vqgan import VQGAN
+    from rynn_edge.runtime.model.vqgan import VQGAN
 
     model = VQGAN.from_dir(args.vq, trust_pickle=args.trust_pickle)
     with torch.no_grad():
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _encode(model: Any, args: argparse.Namespace) -> int:
-    from rynn_edge.runtime.images import load_image, to_model_input
+    from rynn_edge.runtime.tokens.images import load_image, to_model_input
 
     codes = model.encode(to_model_input([load_image(args.image)], args.size))[0].tolist()
     side = args.size // model.downsample_factor
@@ -95,7 +95,7 @@ def _code_grid(data: Any, vq_dir: Path, *, source: str) -> np.ndarray:
     """[h, w] int64 codes from any of the accepted JSON layouts."""
 
     from rynn_edge.runtime.errors import UserError
-    from rynn_edge.runtime.vocab import ImageVocab
+    from rynn_edge.runtime.tokens.vocab import ImageVocab
 
     if isinstance(data, dict) and "codes" in data and "grid" in data:
         codes = _int_array(data["codes"], source)
@@ -120,26 +120,9 @@ def _code_grid(data: Any, vq_dir: Path, *, source: str) -> np.ndarray:
 
 def codes_from_image_tokens(tokens: np.ndarray, vocab: ImageVocab, *, source: str = "tokens") -> np.ndarray:
     """Image token ids as the model writes them -> [h, w] codes (upstream's decode_image, validated)."""
-    from rynn_edge.runtime.errors import UserError
-    from rynn_edge.runtime.vocab import IMAGE_END_ID, IMAGE_START_ID, ROW_END_ID, SIZE_TOKEN_BASE
+    from rynn_edge.runtime.tokens.image_layout import ImageLayout
 
-    if len(tokens) and tokens[0] == IMAGE_START_ID:
-        tokens = tokens[1:]
-    if len(tokens) and tokens[-1] == IMAGE_END_ID:
-        tokens = tokens[:-1]
-    if len(tokens) < 2:
-        raise UserError(f"{source}: image tokens need two size tokens and the rows")
-    # Size tokens count 32-px patches; the latent grid is 16 px per cell.
-    h, w = 2 * (int(tokens[0]) - SIZE_TOKEN_BASE), 2 * (int(tokens[1]) - SIZE_TOKEN_BASE)
-    rows = tokens[2:]
-    if h <= 0 or w <= 0:
-        raise UserError(f"{source}: size tokens {int(tokens[0])}, {int(tokens[1])} are not image size ids")
-    if rows.size != h * (w + 1):
-        raise UserError(f"{source}: {rows.size} row tokens, expected {h}x({w}+1) for a {h}x{w} latent grid")
-    rows = rows.reshape(h, w + 1)
-    if (rows[:, -1] != ROW_END_ID).any():
-        raise UserError(f"{source}: every row of {w} image tokens must end with {ROW_END_ID}")
-    return vocab.codes_from_ids(rows[:, :-1])
+    return vocab.codes_from_ids(ImageLayout.parse(tokens, source)[1])
 
 
 def _int_array(values: Any, source: str) -> np.ndarray:

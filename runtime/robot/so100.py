@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from rynn_edge.kernels.feetech import decode_sign_magnitude, encode_sign_magnitude
 from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.robot.calibration import MotorCalibration, NormMode
@@ -29,6 +31,20 @@ FULL_TURN_MOTORS = ("wrist_roll",)  # LeRobot records no range for it: 0..4095
 STS3215_MODEL = 777
 RESOLUTION = 4096
 HALF_TURN = (RESOLUTION - 1) // 2  # 2047: LeRobot's half-turn homing target
+
+RELATIVE_JOINTS = 5  # actions 0-4 are offsets from the query-time state; the gripper (5) is absolute
+
+
+def goals(actions: np.ndarray, state: np.ndarray) -> np.ndarray:
+    """Absolute position goals ``[T, 6]`` from predicted actions ``[T, 6]`` and the query-time state."""
+    actions = np.asarray(actions, dtype=np.float64)
+    state = np.asarray(state, dtype=np.float64)
+    if actions.ndim != 2 or actions.shape[1] != len(MOTORS) or state.shape != (len(MOTORS),):
+        raise UserError(f"SO100 expects actions [T, 6] and state [6]; got {actions.shape} and {state.shape}")
+    out = actions.copy()
+    out[:, :RELATIVE_JOINTS] += state[:RELATIVE_JOINTS]
+    return out
+
 
 # STS3215 control table: name -> (address, size)
 FIRMWARE_MAJOR = (0, 1)

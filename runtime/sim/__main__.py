@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rynn_edge.runtime.commands import sim
 from rynn_edge.runtime.errors import UserError
+from rynn_edge.runtime.sim import command as sim
 
 
 def main(argv: list[str] | None = None) -> int:

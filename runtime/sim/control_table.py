@@ -1,6 +1,7 @@
 """STS3215 control table: addresses, factory defaults, access rights and sign-magnitude encoding.
 
-Source: research/so100-feetech.md §2. Multi-byte registers are little-endian (STS series).
+Source: Feetech's STS3215 memory table (the values LeRobot's feetech tables and the SDK use).
+Multi-byte registers are little-endian (STS series).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from typing import Any
 from rynn_edge.runtime.errors import UserError
 
 MANIFEST = "manifest.json"
+# The networks an artifact can hold, in the order of one query.
+STAGES = ("vq_encoder", "backbone_prefill", "action_head", "backbone_decode", "vq_decoder")
 FORMAT = "rynn-edge-artifact"
 FORMAT_VERSION = 1
 CHUNK = 1 << 20

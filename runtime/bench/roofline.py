@@ -20,6 +20,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
+from rynn_edge.runtime.model.action_head import ActionHead
+from rynn_edge.runtime.model.backbone import ChameleonBackbone, KVCache
+from rynn_edge.runtime.model.vqgan import VQGAN
+
 GIGA, TERA = 1e9, 1e12
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 # Bytes per weight element by precision (int4 = weight-only W4A16, activations stay 16-bit).
@@ -44,7 +48,8 @@ class Cost:
 
 
 _VIEWS = {torch.ops.aten._unsafe_view, torch.ops.aten.alias}
-# Chameleon's VQGAN (research §3.1): tiny test bundles shrink it; the real-model roofline uses this.
+# Chameleon's VQGAN, as its vqgan.yaml configures it: tiny test bundles shrink it; the real-model roofline
+# uses this.
 CHAMELEON_VQ = {
     "embed_dim": 256,
     "n_embed": 8192,
@@ -256,10 +261,6 @@ def stage_costs(
 ) -> dict[str, Cost]:
     """Per-stage cost of one chunk. Weight bytes are read once per pass (one prefill, one per decode step);
     the VQ encoder keeps fp32 weights only for an fp32 run (16-bit activations otherwise)."""
-    from rynn_edge.runtime.action_head import ActionHead
-    from rynn_edge.runtime.backbone import ChameleonBackbone, KVCache
-    from rynn_edge.runtime.backend_torch import decode_tokens
-    from rynn_edge.runtime.vqgan import VQGAN
 
     meta, bf16 = torch.device("meta"), torch.bfloat16
     with meta:
@@ -292,7 +293,7 @@ def stage_costs(
     tokens = torch.zeros(1, n, dtype=torch.long, device=meta)
     slots = torch.arange(prompt_len, prompt_len + n, device=meta)
     mask = torch.ones(n, capacity, dtype=torch.bool, device=meta)
-    step = count_cost(lambda: decode_tokens(backbone, tokens, tokens, cache, slots, mask))
+    step = count_cost(lambda: backbone.decode_tokens(tokens, tokens, cache, slots, mask))
     w_step = w_backbone + weights(backbone.lm_head)
     per_step = _scaled(step, w_step, precision)
     costs["backbone_decode"] = per_step.times(steps)

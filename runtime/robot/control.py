@@ -12,8 +12,6 @@ to the rest pose) while the bus is healthy, stop the loop, then torque off every
 from __future__ import annotations
 
 import contextlib
-import enum
-import json
 import math
 import signal
 import sys
@@ -26,42 +24,19 @@ from typing import Any
 import numpy as np
 
 from rynn_edge.kernels import feetech
-from rynn_edge.runtime.cameras import Camera
-from rynn_edge.runtime.chunking import ChunkScheduler
-from rynn_edge.runtime.episode_log import EpisodeLog
 from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.robot import so100
 from rynn_edge.runtime.robot.calibration import JointMap, load_calibration
-
-
-class ExitReason(enum.Enum):
-    """Why a run ended, with its process exit code (documented in `rynn-edge run --help`)."""
-
-    COMPLETED = ("completed", 0)
-    SERVO_LOST = ("servo_lost", 3)
-    SERVO_ERROR = ("servo_error", 4)
-    CAMERA_LOST = ("camera_lost", 5)
-    INFERENCE_STALLED = ("inference_stalled", 6)
-    INFERENCE_FAILED = ("inference_failed", 7)
-    BUS_ERROR = ("bus_error", 8)
-    INTERNAL_ERROR = ("internal_error", 9)
-    INTERRUPTED = ("interrupted", 130)
-    TERMINATED = ("terminated", 143)
-
-    @property
-    def label(self) -> str:
-        return self.value[0]
-
-    @property
-    def code(self) -> int:
-        return self.value[1]
-
+from rynn_edge.runtime.robot.cameras import Camera
+from rynn_edge.runtime.robot.chunking import ChunkScheduler
+from rynn_edge.runtime.robot.episode_log import EpisodeLog
+from rynn_edge.runtime.robot.policy import Observation, open_policy
+from rynn_edge.runtime.robot.report import ExitReason, RunStats, print_status, summary
 
 REST_CHUNK_ID = -2  # chunk id of the move to the rest pose in the episode log
 REST_TOLERANCE_TICKS = 3
 TORQUE_CONFIRM_ATTEMPTS = 4
 MOTOR_NAMES = {sid: name for name, sid in so100.MOTORS.items()}
-EXIT_CODES_HELP = "exit codes: " + ", ".join(f"{r.code} {r.label}" for r in ExitReason) + ", 2 bad input"
 
 
 @dataclass
@@ -110,17 +85,6 @@ class _Stop(Exception):
         self.message = message
 
 
-def _percentiles(values: list[float], scale: float = 1.0) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p99": None, "max": None}
-    arr = np.asarray(values, dtype=np.float64) * scale
-    return {
-        "p50": round(float(np.percentile(arr, 50)), 3),
-        "p99": round(float(np.percentile(arr, 99)), 3),
-        "max": round(float(arr.max()), 3),
-    }
-
-
 class Supervisor:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -132,14 +96,7 @@ class Supervisor:
         self.loop = None
         self.joints: JointMap | None = None
         self.signal_reason: ExitReason | None = None
-        # measurements for the summary
-        self.t_start_ns = 0
-        self.cycles = 0
-        self.first_cycle_ns: int | None = None
-        self.last_cycle_ns: int | None = None
-        self.period_errors_ns: list[int] = []
-        self.latencies_s: list[float] = []
-        self.chunks_executed = 0
+        self.measured = RunStats()
         self.missed: dict[int, int] = {}
         self.last_present: np.ndarray | None = None
         self.last_t_ns = 0
@@ -162,7 +119,6 @@ class Supervisor:
     # -- setup -------------------------------------------------------------------------------------
 
     def _open(self) -> None:
-        from rynn_edge.runtime.policy import open_policy
 
         cfg = self.cfg
         calib = load_calibration(cfg.calibration, list(so100.MOTORS))
@@ -183,13 +139,15 @@ class Supervisor:
             vq=cfg.vq,
             backend=cfg.backend,
             stats=cfg.stats,
+            robot="so100",
         )
         self.stack.callback(self.policy.close)
         self._check_signal()
-        if len(cfg.cameras) != getattr(self.policy, "num_images", len(cfg.cameras)):
-            raise UserError(
-                f"the model takes {self.policy.num_images} images; got {len(cfg.cameras)} --camera"
-            )
+        if len(cfg.cameras) not in self.policy.image_counts:
+            want = " or ".join(map(str, self.policy.image_counts))
+            raise UserError(f"the model takes {want} camera views; got {len(cfg.cameras)} --camera")
+        self.measured.warm_up_s = self.policy.warm_up([cam.latest().image for cam in self.cameras])
+        self._check_signal()
         self._wait_for_port()
         try:
             self.bus = feetech.Bus(cfg.port, cfg.baud, cfg.bus_timeout_ms, cfg.bus_retries)
@@ -247,10 +205,7 @@ class Supervisor:
         assert self.joints is not None
         records = feetech.records_to_numpy(self.loop)
         for rec in records:
-            self.cycles += 1
-            self.first_cycle_ns = self.first_cycle_ns or int(rec["deadline_ns"])
-            self.last_cycle_ns = int(rec["deadline_ns"])
-            self.period_errors_ns.append(int(rec["period_error_ns"]))
+            self.measured.add_cycle(int(rec["deadline_ns"]), int(rec["period_error_ns"]))
             valid = (rec["flags"] & feetech.RECORD_VALID) != 0
             if valid.all():
                 self.last_present, self.last_t_ns = rec["present"].copy(), int(rec["bus_done_ns"])
@@ -296,7 +251,6 @@ class Supervisor:
                 )
 
     def _supervise(self) -> None:
-        from rynn_edge.runtime.policy import Observation
 
         cfg = self.cfg
         assert self.joints is not None
@@ -305,10 +259,10 @@ class Supervisor:
         )
         tick_ns = 5_000_000
         submit_margin_ns = 2 * round(1e9 / cfg.loop_rate_hz)
-        self.t_start_ns = time.monotonic_ns()
-        end_ns = self.t_start_ns + int(cfg.duration_s * 1e9) if cfg.duration_s else None
+        t_start_ns = self.measured.t_start_ns = time.monotonic_ns()
+        end_ns = t_start_ns + int(cfg.duration_s * 1e9) if cfg.duration_s else None
         query_since = 0
-        next_status = self.t_start_ns + 500_000_000
+        next_status = t_start_ns + 500_000_000
         while True:
             now = time.monotonic_ns()
             self._check_signal()
@@ -326,8 +280,7 @@ class Supervisor:
                 plan = sched.plan(result.goals, result.t_obs_ns, switch_ns, result.chunk_id)
                 rows = np.stack([self.joints.to_raw(row) for row in plan.goals])
                 self.loop.submit_chunk(plan.t0_ns, rows, plan.chunk_id)
-                self.latencies_s.append(result.latency_s)
-                self.chunks_executed += 1
+                self.measured.add_chunk(result.latency_s)
                 self._write(
                     "chunk",
                     chunk_id=plan.chunk_id,
@@ -361,7 +314,7 @@ class Supervisor:
                     frames = self.log.save_frames(f"chunk{chunk_id:06d}", images)
                 self._write("query", chunk_id=chunk_id, t_obs_ns=obs.t_ns, state=obs.state, frames=frames)
             if cfg.status_line and now >= next_status:
-                self._print_status(now)
+                print_status(self.measured.status_line(now, self._bus_stats()))
                 next_status = now + 500_000_000
             time.sleep(max(0.0, (now + tick_ns - time.monotonic_ns()) / 1e9))
 
@@ -436,24 +389,6 @@ class Supervisor:
 
     # -- reporting -----------------------------------------------------------------------------------
 
-    def _loop_hz(self) -> float | None:
-        if self.cycles < 2 or self.first_cycle_ns is None or self.last_cycle_ns == self.first_cycle_ns:
-            return None
-        return (self.cycles - 1) / ((self.last_cycle_ns - self.first_cycle_ns) / 1e9)
-
-    def _print_status(self, now_ns: int) -> None:
-        hz = self._loop_hz()
-        jitter = _percentiles(self.period_errors_ns[-200:], 1e-6)["p99"]
-        infer = f"{self.latencies_s[-1] * 1e3:.0f} ms" if self.latencies_s else "-"
-        errors = sum(v.get("timeouts", 0) + v.get("checksum_errors", 0) for v in self._bus_stats().values())
-        line = (
-            f"t {(now_ns - self.t_start_ns) / 1e9:5.1f} s | loop {hz or 0:6.1f} Hz"
-            f" | jitter p99 {jitter or 0:.2f} ms | inference {infer} | chunks {self.chunks_executed}"
-            f" | bus errors {errors}"
-        )
-        end = "\r" if sys.stderr.isatty() else "\n"
-        print(line, end=end, file=sys.stderr, flush=True)
-
     def _bus_stats(self) -> dict[int, dict[str, int]]:
         return {} if self.bus is None else self.bus.stats()["per_id"]
 
@@ -463,24 +398,18 @@ class Supervisor:
         return dict(zip(MOTOR_NAMES.values(), self.loop.status()[key], strict=True))
 
     def summary(self, outcome: Outcome) -> dict[str, Any]:
-        return {
-            "exit_reason": outcome.reason.label,
-            "exit_code": outcome.reason.code,
-            "message": outcome.message,
-            "duration_s": round((time.monotonic_ns() - self.t_start_ns) / 1e9, 3) if self.t_start_ns else 0.0,
-            "loop_rate_hz": {"target": self.cfg.loop_rate_hz, "achieved": self._loop_hz()},
-            "period_error_ms": _percentiles(self.period_errors_ns, 1e-6),
-            "inference_latency_ms": {
-                k: v for k, v in _percentiles(self.latencies_s, 1e3).items() if k in ("p50", "p99")
-            },
-            "chunks_executed": self.chunks_executed,
-            "cycles": self.cycles,
-            "missed_cycles": self._per_servo("missed_total"),
-            "servo_error_replies": self._per_servo("error_count"),
-            "bus": {MOTOR_NAMES.get(int(sid), str(sid)): s for sid, s in self._bus_stats().items()},
-            **self.torque_report,
-            "episode_log": self.cfg.episode_log,
-        }
+        return summary(
+            outcome.reason.label,
+            outcome.reason.code,
+            outcome.message,
+            self.measured,
+            self.cfg.loop_rate_hz,
+            missed_cycles=self._per_servo("missed_total"),
+            servo_error_replies=self._per_servo("error_count"),
+            bus={MOTOR_NAMES.get(int(sid), str(sid)): st for sid, st in self._bus_stats().items()},
+            torque_report=self.torque_report,
+            episode_log=self.cfg.episode_log,
+        )
 
     # -- entry point ---------------------------------------------------------------------------------
 
@@ -513,24 +442,3 @@ class Supervisor:
 
 def run(cfg: RunConfig) -> Outcome:
     return Supervisor(cfg).run()
-
-
-def print_outcome(outcome: Outcome, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(outcome.summary))
-        return
-    s = outcome.summary
-    lat, err = s["inference_latency_ms"], s["period_error_ms"]
-    hz = s["loop_rate_hz"]["achieved"]
-    print(f"\nrun ended: {s['exit_reason']} (exit {s['exit_code']}): {s['message']}", file=sys.stderr)
-    print(
-        f"  loop {hz or 0:.1f} Hz (target {s['loop_rate_hz']['target']:g}); period error ms p50 {err['p50']} "
-        f"p99 {err['p99']} max {err['max']}"
-    )
-    print(f"  inference ms p50 {lat['p50']} p99 {lat['p99']}; chunks executed {s['chunks_executed']}")
-    for name, st in s["bus"].items():
-        print(f"  {name:14s} " + " ".join(f"{k} {v}" for k, v in st.items()))
-    if "torque_off" in s:
-        print(f"  torque off: ids {s['torque_off']}; no answer: ids {s['no_answer']}")
-    if s.get("episode_log"):
-        print(f"  episode log: {Path(s['episode_log'])}")

@@ -7,28 +7,42 @@ after the prompt (key mask = prompt + the new slot), vq_decoder decodes the view
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rynn_edge.runtime.chunk_bench import DTYPES, _query
+from rynn_edge.runtime.backends.tensorrt import bucket, max_dims
+from rynn_edge.runtime.backends.torch import TorchBackend
+from rynn_edge.runtime.bench.chunk_runners import DTYPES, query_inputs
+from rynn_edge.runtime.bench.profiling import (
+    StageProfile,
+    profile_onnxruntime,
+    profile_tensorrt,
+    profile_torch,
+)
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.profiling import StageProfile, profile_onnxruntime, profile_tensorrt, profile_torch
+from rynn_edge.runtime.predictor import Predictor, open_predictor
 
 
-def torch_profiles(args: argparse.Namespace, stages: list[str]) -> list[StageProfile]:
-    from rynn_edge.runtime.backend_torch import TorchBackend
-    from rynn_edge.runtime.predictor import Predictor
+def torch_profiles(
+    model: Path,
+    tokenizer: Path | None,
+    vq: Path | None,
+    *,
+    precision: str,
+    device: str,
+    runs: int,
+    stages: list[str],
+) -> list[StageProfile]:
 
-    if args.tokenizer is None or args.vq is None:
+    if tokenizer is None or vq is None:
         raise UserError("--tokenizer DIR and --vq DIR are required with a raw checkpoint")
-    if args.precision not in DTYPES:
+    if precision not in DTYPES:
         raise UserError(f"torch profiles {', '.join(DTYPES)}")
-    backend = TorchBackend(args.model, args.vq, dtype=DTYPES[args.precision])
-    ids, pixels = _query(Predictor.open(backend, args.tokenizer, args.vq))
-    dev = torch.device(args.device)
+    backend = TorchBackend(model, vq, dtype=DTYPES[precision])
+    ids, pixels = query_inputs(Predictor.open(backend, tokenizer, vq))
+    dev = torch.device(device)
     backbone, head, vq = backend.backbone.to(dev), backend.head.to(dev), backend.vqgan.to(dev)
     ids_t = torch.tensor([ids], device=dev)
     positions = torch.arange(len(ids), device=dev)[None]
@@ -55,15 +69,14 @@ def torch_profiles(args: argparse.Namespace, stages: list[str]) -> list[StagePro
         ),
         "vq_decoder": (lambda: vq.decode(codes.view(-1, side, side)).cpu(), {"vq": vq}),
     }
-    return [profile_torch(s, *calls[s], args.runs, args.device) for s in stages]
+    return [profile_torch(s, *calls[s], runs, device) for s in stages]
 
 
 def onnxruntime_profiles(artifact_dir: Path, stages: list[str], runs: int) -> list[StageProfile]:
-    from rynn_edge.runtime.predictor import open_predictor
 
     predictor = open_predictor(artifact_dir, backend="onnxruntime")
     backend = predictor.backend
-    ids, pixels = _query(predictor)
+    ids, pixels = query_inputs(predictor)
     artifact = backend.artifact
     size = pixels.shape[-1]
     feeds = {
@@ -92,12 +105,10 @@ def tensorrt_profiles(artifact_dir: Path, stages: list[str], runs: int) -> list[
     """Each engine bound at the query's prompt bucket and view count (other dimensions at the profile
     maximum), inputs left as bound (TensorRT layer times do not depend on the values), run synchronously
     on the backend's stream. Needs engines built with detailed profiling verbosity (export does)."""
-    from rynn_edge.runtime.backend_tensorrt import bucket, max_dims
-    from rynn_edge.runtime.predictor import open_predictor
 
     predictor = open_predictor(artifact_dir, backend="tensorrt")  # refuses without CUDA, first thing
     backend = predictor.backend
-    ids, pixels = _query(predictor)
+    ids, pixels = query_inputs(predictor)
     known = {"B": len(pixels), "L": bucket(len(ids), backend.artifact.stages()["backbone_prefill"])}
     out = []
     for stage in stages:

@@ -6,7 +6,6 @@ on the CPU (calls are synchronous there). Warm-up calls are run and discarded fi
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -14,10 +13,12 @@ import platform
 import socket
 import time
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from rynn_edge.runtime.errors import UserError
 
@@ -27,8 +28,6 @@ def time_calls(fn: Callable[[], object], runs: int, warmup: int, device: str = "
     for _ in range(warmup):
         fn()
     if device.startswith("cuda"):
-        import torch
-
         torch.cuda.synchronize()
         samples = []
         for _ in range(runs):
@@ -86,7 +85,6 @@ def _cpu_model() -> str:
 
 
 def versions() -> dict[str, str]:
-    from importlib import metadata
 
     out = {"python": platform.python_version()}
     for dist in ("rynn-edge", "torch", "numpy", "onnxruntime", "onnxruntime-gpu", "tensorrt"):
@@ -99,7 +97,6 @@ def versions() -> dict[str, str]:
 
 def environment(device: str = "cpu") -> dict[str, Any]:
     """Where a result was measured: machine, CPU, GPU, library versions."""
-    import torch
 
     gpu = None
     if torch.cuda.is_available():
@@ -160,24 +157,26 @@ def save_figure(fig, path: Path) -> None:
 
 def write_outputs(
     result: dict[str, Any],
-    args: argparse.Namespace,
+    out: Path,
     stem: str,
     rows: list[dict],
-    plot: Callable[[Path], None],
+    plot: Callable[[Path], None] | None,
+    *,
+    as_json: bool,
 ) -> bool:
-    """STEM.csv (`rows`), STEM.json (`result` + `files`) and, unless --no-plot, STEM.png in --out; with
-    --json the result is printed as one JSON object and True returned (print nothing else then)."""
-    args.out.mkdir(parents=True, exist_ok=True)
-    files = {"csv": args.out / f"{stem}.csv", "json": args.out / f"{stem}.json"}
-    if not args.no_plot:
-        files["png"] = args.out / f"{stem}.png"
+    """STEM.csv (`rows`), STEM.json (`result` + `files`) and, with a `plot`, STEM.png in `out`; with
+    `as_json` the result is printed as one JSON object and True returned (print nothing else then)."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
+    if plot is not None:
+        files["png"] = out / f"{stem}.png"
         plot(files["png"])
     result["files"] = {k: str(v) for k, v in files.items()}
     write_csv(rows, files["csv"])
     write_json(result, files["json"])
-    if args.json:
+    if as_json:
         print(json.dumps(result))
-    return args.json
+    return as_json
 
 
 def pyplot():
@@ -192,26 +191,10 @@ def pyplot():
     return plt
 
 
-# --- the arguments and set-up `bench` and `profile` share ---------------------------------------------
-def add_common_arguments(parser: argparse.ArgumentParser, out: str) -> None:
-    """MODEL_OR_ARTIFACTS, --tokenizer, --vq, --device, --threads, --out, --no-plot, --json."""
-    parser.add_argument(
-        "model", type=Path, metavar="MODEL_OR_ARTIFACTS", help="checkpoint or artifact folder"
-    )
-    parser.add_argument("--tokenizer", type=Path, help="HF tokenizer folder (raw checkpoints)")
-    parser.add_argument("--vq", type=Path, help="VQGAN folder (raw checkpoints)")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=Path(out), help="folder for CSV/JSON/PNG")
-    parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
-
-
-def set_threads(args: argparse.Namespace) -> None:
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+def set_threads(threads: int | None) -> None:
+    """torch's CPU thread count for a measurement (None: leave torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def where(env: dict[str, Any]) -> str:

@@ -8,14 +8,12 @@ cast to the compute dtype, SDPA with scale 1/sqrt(head_dim), logits cast to fp32
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from rynn_edge.runtime.checkpoint import ModelConfig
+from rynn_edge.runtime.model.config import ModelConfig
 
 
 class RMSNorm(nn.Module):
@@ -238,3 +236,26 @@ class ChameleonBackbone(nn.Module):
         cache.k.index_copy_(3, index, k)
         cache.v.index_copy_(3, index, v)
         return logits
+
+    def decode_tokens(
+        self,
+        ids: Tensor,
+        positions: Tensor,
+        cache: KVCache,
+        slots: Tensor,
+        key_mask: Tensor,
+    ) -> Tensor:
+        """N tokens in one pass over a batch-1 cache: ids/positions [1, N], slots [N] (where their k/v go, in
+        place), key_mask [N, S_max] bool (row i: the slots token i attends to, its own included).
+        Returns fp32 logits [N, V]. With N = 1 this computes what `self.decode_step` does."""
+        x = self.embed_tokens(ids)
+        cos, sin = self._rope(positions, x.dtype)
+        mask = key_mask[None, None]
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            q, k, v = attn.qkv(layer.input_layernorm(x), cos, sin)
+            cache.k[i].index_copy_(2, slots, k)
+            cache.v[i].index_copy_(2, slots, v)
+            x = x + attn.out(q, cache.k[i], cache.v[i], mask)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.logits(self.norm(x))[0]

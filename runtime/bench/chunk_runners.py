@@ -26,9 +26,13 @@ import numpy as np
 import torch
 
 from rynn_edge.runtime import decoding
-from rynn_edge.runtime import vocab as V
-from rynn_edge.runtime.action_head import ActionHead
+from rynn_edge.runtime.backends.cuda import CudaBackend
+from rynn_edge.runtime.backends.torch import TorchBackend
 from rynn_edge.runtime.errors import UserError
+from rynn_edge.runtime.model.action_head import ActionHead
+from rynn_edge.runtime.predictor import Predictor, open_predictor
+from rynn_edge.runtime.tokens import vocab as V
+from rynn_edge.runtime.tokens.images import to_model_input
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 INSTRUCTION = "pick up the cube and place it in the box"
@@ -168,11 +172,9 @@ class ChunkRunner:
         return call, queries
 
 
-def _query(predictor) -> tuple[list[int], np.ndarray]:
-    from rynn_edge.runtime.images import to_model_input
-    from rynn_edge.runtime.predictor import IMAGE_COUNTS
+def query_inputs(predictor) -> tuple[list[int], np.ndarray]:
 
-    views = synthetic_views(IMAGE_COUNTS[predictor.robot][0])
+    views = synthetic_views(predictor.embodiment.image_counts[0])
     state = (predictor.stats.state.min + predictor.stats.state.max) / 2
     ids, _ = predictor.vla_prompt(views, state, INSTRUCTION)
     return ids, to_model_input(views, predictor.image_size).numpy()
@@ -188,12 +190,10 @@ def _check_raw(tokenizer: Path | None, vq: Path | None, precision: str) -> None:
 def torch_runner(
     model: Path, tokenizer: Path | None, vq: Path | None, precision: str, device: str, weights: str
 ) -> ChunkRunner:
-    from rynn_edge.runtime.backend_torch import TorchBackend
-    from rynn_edge.runtime.predictor import Predictor
 
     _check_raw(tokenizer, vq, precision)
     backend = TorchBackend(model, vq, dtype=DTYPES[precision])
-    ids, pixels = _query(Predictor.open(backend, tokenizer, vq))
+    ids, pixels = query_inputs(Predictor.open(backend, tokenizer, vq))
     dev = torch.device(device)
     backend.backbone.to(dev)
     backend.head.to(dev)
@@ -227,14 +227,10 @@ def cuda_runner(
 ) -> ChunkRunner:
     """The torch CUDA fast backend (issue 5): CUDA graphs per shape; a head for another T gets its own
     backend over the same backbone and VQGAN (graphs are cached per backend). UserError without a GPU."""
-    from dataclasses import replace
-
-    from rynn_edge.runtime.backend_cuda import CudaBackend
-    from rynn_edge.runtime.predictor import Predictor
 
     _check_raw(tokenizer, vq, precision)
     backend = CudaBackend.open(model, vq, device="cuda", dtype=DTYPES[precision])
-    ids, pixels = _query(Predictor.open(backend, tokenizer, vq))
+    ids, pixels = query_inputs(Predictor.open(backend, tokenizer, vq))
 
     def continuous(time_horizon: int) -> tuple[Callable[[], object], str]:
         head, queries = head_for(backend.head, time_horizon)
@@ -256,15 +252,13 @@ def _no_gpu_steps():
 def onnxruntime_runner(artifact_dir: Path, precision: str | None, weights: str) -> ChunkRunner:
     import onnxruntime as ort
 
-    from rynn_edge.runtime.predictor import open_predictor
-
     predictor = open_predictor(artifact_dir, backend="onnxruntime")
     backend = predictor.backend
     stages = backend.artifact.stages()
     have = stages["backbone_prefill"]["precision"]
     if precision not in (None, have):
         raise UserError(f"{artifact_dir} was exported at {have}; re-export with --precision {precision}")
-    ids, pixels = _query(predictor)
+    ids, pixels = query_inputs(predictor)
     head_precision = stages["action_head"]["precision"]
     folder = Path(tempfile.mkdtemp(prefix="rynn-bench-head-"))
 
@@ -289,14 +283,13 @@ def onnxruntime_runner(artifact_dir: Path, precision: str | None, weights: str) 
 def tensorrt_runner(artifact_dir: Path, precision: str | None, weights: str) -> ChunkRunner:
     """Engines as built: the head engine has the checkpoint's T baked in, so other T are skipped (with
     the reason); the exported decode graph returns last-position logits, so no parallel decoding."""
-    from rynn_edge.runtime.predictor import open_predictor
 
     predictor = open_predictor(artifact_dir, backend="tensorrt")  # refuses without CUDA, first thing
     backend = predictor.backend
     have = backend.artifact.stages()["backbone_prefill"]["precision"]
     if precision not in (None, have):
         raise UserError(f"{artifact_dir} was exported at {have}; re-export with --precision {precision}")
-    ids, pixels = _query(predictor)
+    ids, pixels = query_inputs(predictor)
 
     def continuous(time_horizon: int) -> tuple[Callable[[], object], str] | str:
         if time_horizon != backend.time_horizon:

@@ -16,7 +16,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.vocab import BOS_TOKEN, TURN_SEP_ID, TURN_SEP_TOKEN
+from rynn_edge.runtime.tokens.vocab import BOS_TOKEN, TURN_SEP_ID, TURN_SEP_TOKEN
 
 IMAGE = "<|image|>"
 ACTION = "<|action|>"

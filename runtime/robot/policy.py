@@ -70,9 +70,18 @@ class Policy:
             newest, self._done = self._done[-1], []
             return newest
 
-    def predict_now(self, observation: Observation) -> ChunkResult:
-        """Blocking inference on the caller's thread (warm-up, one-off queries)."""
-        return self._infer(0, observation)
+    @property
+    def image_counts(self) -> tuple[int, ...]:
+        """How many camera views a query takes (in prompt order)."""
+        return self.predictor.embodiment.image_counts
+
+    def warm_up(self, images: list[np.ndarray]) -> float:
+        """One blocking query on the caller's thread at a mid-range state, result discarded, so that the
+        first real query does not pay for graph capture, allocation or lazy initialisation inside its
+        deadline (and a model that cannot run fails before the arm is touched). Returns its seconds."""
+        state = self.predictor.stats.state
+        mid = (np.asarray(state.min, dtype=np.float64) + np.asarray(state.max, dtype=np.float64)) / 2
+        return self._infer(0, Observation(images, mid, 0)).latency_s
 
     def close(self) -> None:
         with self._cond:
@@ -87,9 +96,8 @@ class Policy:
     def _infer(self, chunk_id: int, observation: Observation) -> ChunkResult:
         start = time.perf_counter()
         out = self.predictor.predict(observation.images, observation.state, self.instruction, self.mode)
-        actions = np.asarray(out["actions"], dtype=np.float64)
-        goals = np.asarray(out.get("goals", out["actions"]), dtype=np.float64)
-        return ChunkResult(chunk_id, actions, goals, observation.t_ns, time.perf_counter() - start)
+        goals = out.actions if out.goals is None else out.goals
+        return ChunkResult(chunk_id, out.actions, goals, observation.t_ns, time.perf_counter() - start)
 
     def _serve(self) -> None:
         while True:

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from rynn_edge.runtime.roofline import Cost, CostCounter, Peak
+from rynn_edge.runtime.bench.roofline import Cost, CostCounter, Peak
+from rynn_edge.runtime.bench.timing import time_calls
 
 OTHER = "(other)"
 COVERAGE = (
@@ -136,7 +138,6 @@ class StageProfile:
 
 
 def _median_ms(fn: Callable[[], object], runs: int) -> float:
-    from rynn_edge.runtime.benchmarking import time_calls
 
     return float(np.median(time_calls(fn, runs, 1))) * 1e3
 
@@ -144,7 +145,6 @@ def _median_ms(fn: Callable[[], object], runs: int) -> float:
 # --- torch -----------------------------------------------------------------------------------------------
 def _scopes(root, prefix: str):
     """Hooks opening a profiler scope per module call; returns the handles."""
-    import torch
 
     handles = []
     for name, module in root.named_modules():
@@ -167,7 +167,6 @@ def profile_torch(
     stage: str, fn: Callable[[], object], modules: dict[str, Any], runs: int, device: str = "cpu"
 ) -> StageProfile:
     """`fn` runs the stage once; `modules` maps a name prefix to each root module the stage calls."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     with torch.inference_mode():

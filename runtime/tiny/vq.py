@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from rynn_edge.runtime.vqgan import VQGAN
+from rynn_edge.runtime.model.vqgan import VQGAN
 
 TINY_PARAMS = {
     "embed_dim": 8,

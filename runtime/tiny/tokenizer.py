@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from rynn_edge.runtime.vocab import IMAGE_END_ID, IMAGE_START_ID, IMAGE_TOKEN_PREFIX, N_IMAGE_CODES
+from rynn_edge.runtime.tokens.vocab import IMAGE_END_ID, IMAGE_START_ID, IMAGE_TOKEN_PREFIX, N_IMAGE_CODES
 
 FIRST_RESERVED = 8194  # <reserved08194> is id 8198, right after <racm3:break>
 LAST_RESERVED = 16195

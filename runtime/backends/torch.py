@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rynn_edge.runtime.backbone import ChameleonBackbone, KVCache
-from rynn_edge.runtime.checkpoint import load_model
-from rynn_edge.runtime.vqgan import VQGAN
+from rynn_edge.runtime.model.backbone import ChameleonBackbone, KVCache
+from rynn_edge.runtime.model.checkpoint import load_model
+from rynn_edge.runtime.model.vqgan import VQGAN
 
 
 class TorchStepModel:
@@ -51,8 +51,7 @@ class TorchStepModel:
         if self.cache is None:
             raise RuntimeError("step_many() before begin()")
         where = torch.tensor(list(positions))
-        logits = decode_tokens(
-            self.backbone,
+        logits = self.backbone.decode_tokens(
             torch.tensor([list(tokens)]),
             where[None],
             self.cache,
@@ -60,30 +59,6 @@ class TorchStepModel:
             torch.from_numpy(np.ascontiguousarray(key_mask)),
         )
         return logits.numpy()
-
-
-def decode_tokens(
-    backbone: ChameleonBackbone,
-    ids: torch.Tensor,
-    positions: torch.Tensor,
-    cache: KVCache,
-    slots: torch.Tensor,
-    key_mask: torch.Tensor,
-) -> torch.Tensor:
-    """N tokens in one pass over a batch-1 cache: ids/positions [1, N], slots [N] (where their k/v go, in
-    place), key_mask [N, S_max] bool (row i: the slots token i attends to, its own included).
-    Returns fp32 logits [N, V]. With N = 1 this computes what `backbone.decode_step` does."""
-    x = backbone.embed_tokens(ids)
-    cos, sin = backbone._rope(positions, x.dtype)
-    mask = key_mask[None, None]
-    for i, layer in enumerate(backbone.layers):
-        attn = layer.self_attn
-        q, k, v = attn.qkv(layer.input_layernorm(x), cos, sin)
-        cache.k[i].index_copy_(2, slots, k)
-        cache.v[i].index_copy_(2, slots, v)
-        x = x + attn.out(q, cache.k[i], cache.v[i], mask)
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-    return backbone.logits(backbone.norm(x))[0]
 
 
 class TorchBackend:

@@ -20,17 +20,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
-from rynn_edge.runtime.artifact import Artifact
+from rynn_edge.runtime.backends.artifact import Artifact
+from rynn_edge.runtime.backends.shapes import LENGTH_BUCKET, concrete, round_up
 from rynn_edge.runtime.errors import UserError
 
-LENGTH_BUCKET = 128
 TORCH_DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool", "uint8")
 
 
 def require_cuda() -> None:
     """Raise (before any TensorRT import) unless torch sees a usable CUDA device."""
-    import torch
 
     if not torch.cuda.is_available():
         raise UserError(
@@ -54,16 +54,6 @@ def dim_ranges(entry: dict[str, Any]) -> dict[str, tuple[int, int]]:
     return ranges
 
 
-def _size(dim: int | str, dims: dict[str, int]) -> int:
-    if isinstance(dim, int):
-        return dim
-    if "+" in dim:
-        return sum(dims[d] for d in dim.split("+"))
-    if dim.startswith("16"):
-        return 16 * dims[dim[2:]]
-    return dims[dim]
-
-
 def plan_shapes(entry: dict[str, Any], dims: dict[str, int]) -> dict[str, tuple[tuple[int, ...], str]]:
     """Concrete (shape, dtype) of every I/O tensor of a stage for the given dims; refuses dims outside
     the optimization profile, naming the range."""
@@ -73,9 +63,7 @@ def plan_shapes(entry: dict[str, Any], dims: dict[str, int]) -> dict[str, tuple[
                 f"{name}={dims[name]} is outside the engine's optimization profile [{low}, {high}]. "
                 "Re-export with prompts like this one (rynn-edge export --calibration-data)."
             )
-    return {
-        name: (tuple(_size(d, dims) for d in io["shape"]), io["dtype"]) for name, io in entry["io"].items()
-    }
+    return {name: (concrete(io["shape"], dims), io["dtype"]) for name, io in entry["io"].items()}
 
 
 def max_dims(entry: dict[str, Any]) -> dict[str, int]:
@@ -87,14 +75,13 @@ def bucket(length: int, entry: dict[str, Any], dim: str = "L") -> int:
     low, high = dim_ranges(entry)[dim]
     if length > high:
         raise UserError(f"prompt of {length} tokens exceeds the engine profile's maximum {high}; re-export")
-    return min(max(-(-length // LENGTH_BUCKET) * LENGTH_BUCKET, low), high)
+    return min(max(round_up(length, LENGTH_BUCKET), low), high)
 
 
 class Engine:
     """One deserialized engine + execution context with max-size device buffers per I/O tensor."""
 
     def __init__(self, trt: Any, runtime: Any, path: str, entry: dict[str, Any], stream: Any):
-        import torch
 
         with open(path, "rb") as f:
             self.engine = runtime.deserialize_cuda_engine(f.read())
@@ -138,7 +125,6 @@ class TensorRTBackend:
     def __init__(self, artifact: Artifact):
         require_cuda()
         import tensorrt as trt
-        import torch
 
         self.torch, self.artifact = torch, artifact
         model = artifact.model

@@ -129,7 +129,7 @@ def load_stats(name_or_path: str | Path) -> Stats:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict) or "action" not in data:
-        raise UserError(f'{path}: missing key "action" (see the schema in rynn_edge.runtime.stats)')
+        raise UserError(f'{path}: missing key "action" (see the schema in rynn_edge.runtime.tokens.stats)')
     unknown = set(data) - {"state", "action"}
     if unknown:
         raise UserError(f"{path}: unknown key(s) {sorted(unknown)}; expected only 'state' and 'action'")

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.stats import Range, Stats
-from rynn_edge.runtime.text import (
+from rynn_edge.runtime.tokens.image_layout import ImageLayout
+from rynn_edge.runtime.tokens.stats import Range, Stats
+from rynn_edge.runtime.tokens.text import (
     ACTION,
     IMAGE,
     STATE,
@@ -24,17 +25,13 @@ from rynn_edge.runtime.text import (
     TextTokenizer,
     vla_question,
 )
-from rynn_edge.runtime.vocab import (
+from rynn_edge.runtime.tokens.vocab import (
     ACTION_END_ID,
     ACTION_START_ID,
-    IMAGE_END_ID,
-    IMAGE_START_ID,
     N_BINS,
-    ROW_END_ID,
     STATE_END_ID,
     STATE_START_ID,
     ImageVocab,
-    size_token_id,
 )
 
 BIN_EDGES = np.linspace(-1.0, 1.0, N_BINS)
@@ -92,22 +89,15 @@ def action_block(action: np.ndarray, stats: Stats) -> list[int]:
 
 
 def image_block(codes: np.ndarray, vocab: ImageVocab) -> list[int]:
-    """``[8197, size_h, size_w, (w ids, 8803) x h, 8196]`` for VQ codes ``[h*w]`` (square) or ``[h, w]``."""
+    """The image's tokens (`image_layout`) for VQ codes ``[h*w]`` (square) or ``[h, w]``."""
     codes = np.asarray(codes)
     if codes.ndim == 1:
-        side = int(round(len(codes) ** 0.5))
-        if side * side != len(codes):
-            raise UserError(f"{len(codes)} VQ codes do not form a square latent; pass them as [h, w]")
-        codes = codes.reshape(side, side)
-    if codes.ndim != 2 or codes.shape[0] % 2 or codes.shape[1] % 2:
+        layout = ImageLayout.square(len(codes))
+    elif codes.ndim == 2:
+        layout = ImageLayout(*codes.shape)
+    else:
         raise UserError(f"VQ codes of shape {codes.shape}: expected [h, w] with even h and w")
-    h, w = codes.shape
-    rows = np.empty((h, w + 1), dtype=np.int64)
-    rows[:, :w] = vocab.ids_from_codes(codes)
-    rows[:, w] = ROW_END_ID
-    # Size tokens count 32-px patches, i.e. two latent rows/columns each.
-    head = [IMAGE_START_ID, size_token_id(h // 2), size_token_id(w // 2)]
-    return [*head, *rows.ravel().tolist(), IMAGE_END_ID]
+    return layout.tokens(vocab.ids_from_codes(codes.reshape(layout.grid_h, layout.grid_w)))
 
 
 def _fill(pieces: Sequence[Piece], media: dict[str, list[list[int]]]) -> list[int]:
@@ -199,15 +189,3 @@ def action_tokens_to_normalized(tokens: Sequence[int], action_dim: int) -> np.nd
 def decode_action_tokens(tokens: Sequence[int], stats: Stats, action_dim: int) -> np.ndarray:
     """Generated ids -> de-normalised actions ``[T, action_dim]`` (float64)."""
     return denormalize(action_tokens_to_normalized(tokens, action_dim), stats.action)
-
-
-def so100_goals(actions: np.ndarray, state: np.ndarray) -> np.ndarray:
-    """SO100 position goals ``[T, 6]``: joints 0-4 are offsets from the query-time state, the gripper is
-    absolute."""
-    actions = np.asarray(actions, dtype=np.float64)
-    state = np.asarray(state, dtype=np.float64)
-    if actions.ndim != 2 or actions.shape[1] != 6 or state.shape != (6,):
-        raise UserError(f"SO100 expects actions [T, 6] and state [6]; got {actions.shape} and {state.shape}")
-    goals = actions.copy()
-    goals[:, :5] += state[:5]
-    return goals

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from rynn_edge.runtime.artifact import Artifact
+from rynn_edge.runtime.backends.artifact import Artifact
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16}

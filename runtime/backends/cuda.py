@@ -25,15 +25,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rynn_edge.runtime import vocab as V
-from rynn_edge.runtime.action_head import ActionHead
-from rynn_edge.runtime.backbone import ChameleonBackbone, KVCache
-from rynn_edge.runtime.backend_torch import decode_tokens
-from rynn_edge.runtime.checkpoint import ModelConfig, load_model
+from rynn_edge.runtime.backends.shapes import LENGTH_BUCKET, round_up
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.vqgan import VQGAN
+from rynn_edge.runtime.model.action_head import ActionHead
+from rynn_edge.runtime.model.backbone import ChameleonBackbone, KVCache
+from rynn_edge.runtime.model.checkpoint import load_model
+from rynn_edge.runtime.model.config import ModelConfig
+from rynn_edge.runtime.model.vqgan import VQGAN
 
-LENGTH_BUCKET = 128  # prompts are padded up to a multiple of this (one graph per bucket)
 CAPACITY_BUCKET = 256  # decode caches likewise
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -49,15 +48,16 @@ def require_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def round_up(value: int, step: int) -> int:
-    return -(-value // step) * step
-
-
 class Graphed:
     """One static-shape call. Inputs are copied into fixed buffers; on CUDA the call is captured once as a
     CUDA graph (after warm-up on a side stream) and replayed; on CPU it runs eagerly on the buffers."""
 
-    def __init__(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor], pool: object | None = None):
+    def __init__(
+        self,
+        fn: Callable[..., Tensor | tuple[Tensor, ...]],
+        inputs: Sequence[Tensor],
+        pool: object | None = None,
+    ):
         self.fn, self.inputs = fn, list(inputs)
         self.graph: torch.cuda.CUDAGraph | None = None
         if self.inputs[0].device.type == "cuda":
@@ -78,15 +78,6 @@ class Graphed:
             return self.fn(*self.inputs)
         self.graph.replay()
         return self.output
-
-
-def image_slots(prompt_ids: Sequence[int], grid: int) -> np.ndarray:
-    """Prompt positions of every image code, image by image in raster order (layout of research §2.4:
-    8197, two size tokens, then `grid` rows of `grid` codes each followed by 8803)."""
-    starts = np.flatnonzero(np.asarray(prompt_ids) == V.IMAGE_START_ID)
-    rows, cols = np.mgrid[0:grid, 0:grid]
-    within = (3 + rows * (grid + 1) + cols).reshape(-1)
-    return (starts[:, None] + within[None]).reshape(-1)
 
 
 class CudaDecoder:
@@ -112,7 +103,7 @@ class CudaDecoder:
             ids = torch.zeros(1, n, dtype=torch.long, device=dev)
 
             def fn(ids: Tensor, positions: Tensor, slots: Tensor, mask: Tensor) -> Tensor:
-                return decode_tokens(self.backend.backbone, ids, positions, self.cache, slots, mask)
+                return self.backend.backbone.decode_tokens(ids, positions, self.cache, slots, mask)
 
             self.graphs[n] = Graphed(fn, [ids, ids.clone(), slots, mask], self.backend.pool)
             self.cache.k[:, :, :, self.capacity].zero_()
@@ -264,18 +255,22 @@ class CudaBackend:
     @torch.inference_mode()
     def chunk(
         self, pixels: np.ndarray, template_ids: Sequence[int], slots: np.ndarray, code_to_id: np.ndarray
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The whole continuous step as one graph: VQ encode every view, write their token ids (through
-        the code -> id table) at `slots` of the prompt (see `image_slots`), prefill, action head."""
+        the code -> id table) at `slots` of the prompt (`ImageLayout.code_positions`), prefill, action
+        head. Returns (codes int64 [views, h*w], normalized actions float32 [T, A])."""
         ids, positions, valid = self.padded(template_ids)
         key = ("chunk", pixels.shape, ids.shape[1], len(slots))
         table = np.asarray(code_to_id, dtype=np.int64)
         where = np.asarray(slots, dtype=np.int64)
 
-        def fn(pix: Tensor, template: Tensor, where: Tensor, table: Tensor, valid: Tensor) -> Tensor:
+        def fn(
+            pix: Tensor, template: Tensor, where: Tensor, table: Tensor, valid: Tensor
+        ) -> tuple[Tensor, Tensor]:
+            codes = self._codes(pix)
             full = template.clone()
-            full[0, where] = table[self._codes(pix).reshape(-1)]
-            return self._actions(full, positions, valid)
+            full[0, where] = table[codes.reshape(-1)]
+            return codes, self._actions(full, positions, valid)
 
         def make() -> Graphed:
             buffers = [
@@ -286,7 +281,8 @@ class CudaBackend:
             buffers += [torch.as_tensor(table, device=self.device), valid.clone()]
             return Graphed(fn, buffers, self.pool)
 
-        return self._cached(key, make)(pixels, ids, where, table, valid).float().cpu().numpy()
+        codes, actions = self._cached(key, make)(pixels, ids, where, table, valid)
+        return codes.cpu().numpy(), actions.float().cpu().numpy()
 
     def decoder(self, capacity: int) -> CudaDecoder:
         size = round_up(capacity, CAPACITY_BUCKET)

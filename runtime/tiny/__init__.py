@@ -1,0 +1,1 @@
+"""Deterministic tiny checkpoints in the exact upstream layout: model, tokenizer, VQGAN, bundle."""

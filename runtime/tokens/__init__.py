@@ -1,0 +1,1 @@
+"""Tokens and prompt exactly as upstream builds them: vocabulary, text, statistics, images, layout."""
