@@ -183,7 +183,7 @@ def roofline_section() -> str:
     return "\n\n".join(
         [
             "## Roofline: predicted chunk latency on Jetson (7B) next to what we measured",
-            f"Lower bounds from published peaks (sources in `runtime/roofline.py` and the JSON); "
+            f"Lower bounds from published peaks (sources in `runtime/bench/roofline.py` and the JSON); "
             f"{result['prompt_tokens']}-token prompt, {result['views']} views of {result['image_size']} px; "
             f"{result['fused']}. `benchmarks/roofline_jetson.py`.",
             table(list(pivot.values()), columns),

@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "export": ("rynn_edge.export.command", "checkpoint -> ONNX graphs / TensorRT engines + manifest"),
     "run": ("rynn_edge.runtime.commands.run", "drive the arm: cameras + policy + real-time C loop"),
-    "sim": ("rynn_edge.runtime.sim.command", "simulated SO100 servo bus on a pseudo-terminal"),
+    "sim": ("rynn_edge.runtime.sim.cli", "simulated SO100 servo bus on a pseudo-terminal"),
     "calibrate": ("rynn_edge.runtime.commands.calibrate", "record a LeRobot calibration file for a new arm"),
     "demo": ("rynn_edge.runtime.commands.demo", "tiny model + simulated arm + synthetic cameras, end to end"),
     "bench": ("rynn_edge.runtime.commands.bench", "control Hz vs action-chunk length"),

@@ -120,6 +120,7 @@ def test_normal_end_full_chunks(bundle, tmp_path):
     s = r.summary
     assert s["chunks_executed"] >= 1 and s["loop_rate_hz"]["achieved"] == pytest.approx(50, rel=0.05)
     assert s["period_error_ms"]["p50"] < 5 and s["inference_latency_ms"]["p50"] > 0
+    assert s["warm_up_ms"] > 0  # one blocking query ran before the loop started
     queries = {q["t_obs_ns"]: np.array(q["state"]) for q in r.log if q["kind"] == "query"}
     chunks = [c for c in r.log if c["kind"] == "chunk"]
     for c in chunks:  # SO100 semantics: joints = query-time state + offsets, gripper absolute
@@ -201,6 +202,23 @@ def test_sigterm_goes_to_the_rest_pose_then_torque_off(bundle, tmp_path):
     last = [x for x in r.log if x["kind"] == "step"][-1]
     assert np.allclose(last["goal"], rest, atol=0.1)  # within one tick
     assert np.allclose(last["state"], rest, atol=0.5)  # and the arm got there before torque off
+
+
+def test_wrong_camera_count_is_refused_before_the_bus(bundle, tmp_path):
+    calibration = tmp_path / "calibration.json"
+    save_calibration(calibration, so100.simulator_calibration())
+    absent = tmp_path / "no-such-port"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "rynn_edge.runtime.cli", "run", str(bundle["model"]),
+            "--tokenizer", str(bundle["tokenizer"]), "--vq", str(bundle["vq"]),
+            "--port", str(absent), "--calibration", str(calibration),
+            "--instruction", "put the cube in the box", "--camera", "front=synthetic",
+        ],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "takes 2 camera views; got 1 --camera" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_exit_codes_are_documented():

@@ -36,7 +36,6 @@ from rynn_edge.runtime.robot.report import ExitReason, RunStats, print_status, s
 REST_CHUNK_ID = -2  # chunk id of the move to the rest pose in the episode log
 REST_TOLERANCE_TICKS = 3
 TORQUE_CONFIRM_ATTEMPTS = 4
-MOTOR_NAMES = {sid: name for name, sid in so100.MOTORS.items()}
 
 
 @dataclass
@@ -233,7 +232,7 @@ class Supervisor:
         servo = st["fault_id"]
         if servo is None:
             raise _Stop(ExitReason.BUS_ERROR, reason)
-        name = f"{MOTOR_NAMES.get(servo, 'servo')} (id {servo})"
+        name = f"{so100.MOTOR_NAMES.get(servo, 'servo')} (id {servo})"
         k = self.loop.ids.index(servo)
         if st["valid"][k] and st["errors"][k] > 0:
             raise _Stop(ExitReason.SERVO_ERROR, f"{name}: {reason}")
@@ -395,7 +394,7 @@ class Supervisor:
     def _per_servo(self, key: str) -> dict[str, int]:
         if self.loop is None:
             return {}
-        return dict(zip(MOTOR_NAMES.values(), self.loop.status()[key], strict=True))
+        return dict(zip(so100.MOTOR_NAMES.values(), self.loop.status()[key], strict=True))
 
     def summary(self, outcome: Outcome) -> dict[str, Any]:
         return summary(
@@ -406,7 +405,7 @@ class Supervisor:
             self.cfg.loop_rate_hz,
             missed_cycles=self._per_servo("missed_total"),
             servo_error_replies=self._per_servo("error_count"),
-            bus={MOTOR_NAMES.get(int(sid), str(sid)): st for sid, st in self._bus_stats().items()},
+            bus={so100.MOTOR_NAMES.get(int(sid), str(sid)): st for sid, st in self._bus_stats().items()},
             torque_report=self.torque_report,
             episode_log=self.cfg.episode_log,
         )

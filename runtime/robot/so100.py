@@ -24,6 +24,7 @@ MOTORS: dict[str, int] = {
     "wrist_roll": 5,
     "gripper": 6,
 }
+MOTOR_NAMES: dict[int, str] = {sid: name for name, sid in MOTORS.items()}
 # Units the RynnVLA-002 SO100 data uses: joints in degrees (LeRobot DEGREES mode), gripper 0-100.
 NORM_MODES: dict[str, NormMode] = {name: NormMode.DEGREES for name in MOTORS}
 NORM_MODES["gripper"] = NormMode.RANGE_0_100

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.sim import command as sim
+from rynn_edge.runtime.sim import cli as sim
 
 
 def main(argv: list[str] | None = None) -> int:
