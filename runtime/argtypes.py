@@ -11,6 +11,7 @@ import argparse
 import math
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 # A number or a comma-separated list of numbers that starts with a minus: `-40,60.5,150` or `-1e-3`.
@@ -143,3 +144,31 @@ class ArgumentParser(argparse.ArgumentParser):
         if isinstance(kind, Number) and help_text and help_text is not argparse.SUPPRESS:
             kwargs["help"] = f"{help_text}; valid: {kind.range_text}"
         return super().add_argument(*args, **kwargs)
+
+
+def _blocking_parent(path: Path) -> Path | None:
+    """The nearest existing ancestor of `path` when it is not a folder (nothing can be created there)."""
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    return parent if parent is not None and not parent.is_dir() else None
+
+
+def output_folder(text: str) -> Path:
+    """`type=` for a folder to write into: refused at parse time when it, or a parent, is a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file; expected a folder")
+    blocking = _blocking_parent(path)
+    if blocking is not None:
+        raise argparse.ArgumentTypeError(f"{path}: {blocking} is a file, not a folder")
+    return path
+
+
+def output_file(text: str) -> Path:
+    """`type=` for a file to write: refused at parse time when it is a folder or a parent is a file."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; expected a file name")
+    blocking = _blocking_parent(path)
+    if blocking is not None:
+        raise argparse.ArgumentTypeError(f"{path}: {blocking} is a file, not a folder")
+    return path

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from rynn_edge.runtime.argtypes import NumberList, positive
+from rynn_edge.runtime.argtypes import NumberList, output_file, positive
 from rynn_edge.runtime.commands.predict import add_model_arguments, load_images, open_predictor
 
 # Reference world-model decoding cap (max_new_tokens 3000).
@@ -33,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="world-model sentence: the LIBERO eval one or the LeRobot training one (default: by action_dim)",
     )
-    parser.add_argument("--out", type=Path, required=True, help="output PNG (several images: side by side)")
+    parser.add_argument(
+        "--out", type=output_file, required=True, help="output PNG (several images: side by side)"
+    )
     parser.add_argument("--max-new-tokens", type=positive(int), default=None, help="cap on generated tokens")
     parser.add_argument(
         "--unconstrained", action="store_true", help="plain greedy exactly as upstream (no structure forcing)"

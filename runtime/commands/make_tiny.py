@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from rynn_edge.runtime.argtypes import Number, non_negative, positive
+from rynn_edge.runtime.argtypes import Number, non_negative, output_folder, positive
 
 PRESETS = ("so100", "libero")  # tiny.model.PRESETS, spelled here so --help imports no torch
 HEAD_DIM = 128  # tiny.model.HEAD_DIM: the width is a whole number of heads
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", type=Path, help="output folder (model/, tokenizer/, vq/ are created in it)")
+    parser.add_argument(
+        "out", type=output_folder, help="output folder (model/, tokenizer/, vq/ are created in it)"
+    )
     parser.add_argument("--preset", choices=PRESETS, default="so100", help="action/state layout")
     parser.add_argument(
         "--hidden-size",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rynn_edge.runtime.argtypes import positive
+from rynn_edge.runtime.argtypes import output_folder, positive
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, out: str) -> None:
@@ -19,7 +19,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument(
         "--threads", type=positive(int), default=None, help="torch CPU threads (default: torch's)"
     )
-    parser.add_argument("--out", type=Path, default=Path(out), help="folder for CSV/JSON/PNG")
+    parser.add_argument("--out", type=output_folder, default=Path(out), help="folder for CSV/JSON/PNG")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
 

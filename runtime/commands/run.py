@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rynn_edge.runtime.argtypes import Number, NumberList, non_negative, positive
+from rynn_edge.runtime.argtypes import Number, NumberList, non_negative, output_file, positive
 from rynn_edge.runtime.errors import UserError
 
 # Ranges shared with `demo`. The loop must leave the bus time for a sync read + write per cycle.
@@ -70,7 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--loop-rate", type=LOOP_RATE, default=100.0, help="servo loop rate, Hz (default 100)"
     )
     parser.add_argument("--duration", type=DURATION, help="stop after SECONDS (default: until Ctrl-C)")
-    parser.add_argument("--episode-log", help="write every step to this JSON Lines file (crash-safe)")
+    parser.add_argument(
+        "--episode-log", type=output_file, help="write every step to this JSON Lines file (crash-safe)"
+    )
     parser.add_argument(
         "--log-frames",
         action="store_true",
@@ -144,7 +146,7 @@ def config_from_args(args: argparse.Namespace):
         rate_hz=args.rate,
         loop_rate_hz=args.loop_rate,
         duration_s=args.duration,
-        episode_log=args.episode_log,
+        episode_log=str(args.episode_log) if args.episode_log else None,
         log_frames=args.log_frames,
         max_speed_deg_s=args.max_speed,
         bus_timeout_ms=args.bus_timeout_ms,
