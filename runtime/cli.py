@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     # handler is Python's default one, made explicit here in case the caller ignored SIGINT.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:  # argparse: --help (0) or a refused flag (2, already printed)
+            return done.code if isinstance(done.code, int) else 2
         try:
             module = importlib.import_module(COMMANDS[args.command][0])
             return int(module.run(args) or 0)
