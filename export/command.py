@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from rynn_edge.export.accuracy import PRECISIONS
+from rynn_edge.runtime.argtypes import output_folder
 from rynn_edge.runtime.backends.artifact import STAGES
 
 CALIBRATION_HELP = (
@@ -23,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vq", type=Path, required=True, help="VQGAN folder (vqgan.yaml, vqgan.ckpt, text_tokenizer.json)"
     )
-    parser.add_argument("-o", "--out", type=Path, required=True, help="artifact folder to write")
+    parser.add_argument("-o", "--out", type=output_folder, required=True, help="artifact folder to write")
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="fp16", help="backbone precision (default fp16)"
     )
@@ -58,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timing-cache", type=Path, help="TensorRT timing cache to reuse (default: OUT/timing.cache)"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing artifact at -o")
     parser.add_argument("--json", action="store_true", help="print the manifest's accuracy report as JSON")
 
 
@@ -94,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             hardware_compatible=args.hardware_compatible,
             version_compatible=args.version_compatible,
             timing_cache=args.timing_cache,
+            overwrite=args.overwrite,
         )
     )
     if args.json:

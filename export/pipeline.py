@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class Options:
     hardware_compatible: bool = False
     version_compatible: bool = False
     timing_cache: Path | None = None
+    overwrite: bool = False
     robot: str | None = None
 
 
@@ -95,12 +97,33 @@ def stage_precisions(opts: Options) -> dict[str, str]:
     return {stage: chosen[stage] for stage in opts.stages}
 
 
-def _prepare_out(out: Path) -> None:
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    """Check -o before any work; returns the staging folder the export writes into (beside `out`, so
+    the final rename stays on one file system)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {out}: is a file; the artifact is a folder, choose another path")
     if out.exists() and any(out.iterdir()):
         if not (out / MANIFEST).is_file():
-            raise UserError(f"{out}: exists, is not empty and is not an artifact; choose another -o folder")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+            raise UserError(f"-o {out}: exists, is not empty and is not an artifact; choose another folder")
+        if not overwrite:
+            raise UserError(f"-o {out}: an artifact is already there; pass --overwrite to replace it")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"-o {out}: {parent} is a file, not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Swap the finished staging folder in: readers see the old artifact or the new one, never a mix."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @dataclass
@@ -265,11 +288,34 @@ def write_assets(opts: Options, instructions: dict[str, list[int]]) -> dict[str,
 
 
 def export(opts: Options) -> dict[str, Any]:
-    """Run the whole export; returns the manifest. Raises UserError on accuracy failure (unless allowed)."""
-    started = time.monotonic()
+    """Run the whole export; returns the manifest. Raises UserError on accuracy failure (unless allowed).
+    Everything is written to a staging folder that replaces -o only once complete."""
     for flag, folder in (("MODEL_DIR", opts.model), ("--tokenizer", opts.tokenizer), ("--vq", opts.vq)):
         if not folder.is_dir():
             raise UserError(f"{flag} {folder}: not a folder")
+    staging = _prepare_out(opts.out, opts.overwrite)
+    try:
+        manifest, failed = _export(replace(opts, out=staging))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _publish(staging, opts.out)
+    if failed and not opts.allow_accuracy_loss:
+        raise UserError(
+            "accuracy below threshold (artifact written to "
+            f"{opts.out} for inspection, manifest accuracy.passed = false):\n  "
+            + "\n  ".join(failed)
+            + "\nUse better calibration data or a higher precision, or pass --allow-accuracy-loss to accept."
+        )
+    for line in failed:
+        print(f"rynn-edge export: warning: {line}", flush=True)
+    if opts.target == "tensorrt" and manifest["target"]["kind"] != "tensorrt":
+        raise UserError(tensorrt_build.INSTALL_HINT)
+    return manifest
+
+
+def _export(opts: Options) -> tuple[dict[str, Any], list[str]]:
+    started = time.monotonic()
     cfg = ModelConfig.from_dir(opts.model)
     body = embodiment(opts.robot, cfg.action_dim)
     robot = body.name
@@ -286,7 +332,6 @@ def export(opts: Options) -> dict[str, Any]:
             "fp32/fp16; for int8/fp8 scales pass recorded frames (see --help).",
             flush=True,
         )
-    _prepare_out(opts.out)
     run = reference_run(opts, cfg, samples, precisions)
     gc.collect()
     export_vq(opts, cfg, precisions)
@@ -325,19 +370,7 @@ def export(opts: Options) -> dict[str, Any]:
     if opts.triton:
         manifest["triton"] = triton.write_repository(opts.out, manifest)
     manifest["export_seconds"] = round(time.monotonic() - started, 1)
-    manifest = write_manifest(opts.out, manifest)
-    if failed and not opts.allow_accuracy_loss:
-        raise UserError(
-            "accuracy below threshold (artifact written to "
-            f"{opts.out} for inspection, manifest accuracy.passed = false):\n  "
-            + "\n  ".join(failed)
-            + "\nUse better calibration data or a higher precision, or pass --allow-accuracy-loss to accept."
-        )
-    for line in failed:
-        print(f"rynn-edge export: warning: {line}", flush=True)
-    if opts.target == "tensorrt" and trt is None:
-        raise UserError(tensorrt_build.INSTALL_HINT)
-    return manifest
+    return write_manifest(opts.out, manifest), failed
 
 
 def build_engines(

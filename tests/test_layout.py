@@ -16,7 +16,7 @@ FOLDERS = {"runtime": "rynn_edge.runtime", "export": "rynn_edge.export", "kernel
 # Lowest first. A module may import its own floor (without cycles) and the floors below, never above.
 FLOORS = [
     ["rynn_edge.kernels"],
-    ["rynn_edge.runtime.errors", "rynn_edge.runtime.__init__"],
+    ["rynn_edge.runtime.errors", "rynn_edge.runtime.argtypes", "rynn_edge.runtime.__init__"],
     [
         "rynn_edge.runtime.model",
         "rynn_edge.runtime.tokens",
@@ -31,7 +31,7 @@ FLOORS = [
     ["rynn_edge.runtime.commands", "rynn_edge.export"],
     ["rynn_edge.runtime.cli"],
 ]
-TOP_LEVEL_MODULES = {"__init__", "cli", "errors", "predictor", "decoding"}
+TOP_LEVEL_MODULES = {"__init__", "cli", "errors", "argtypes", "predictor", "decoding"}
 RUNTIME_FOLDERS = {"model", "tokens", "backends", "robot", "sim", "bench", "tiny", "commands"}
 
 

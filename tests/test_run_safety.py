@@ -6,6 +6,7 @@ log is complete and readable."""
 from __future__ import annotations
 
 import json
+import resource
 import signal
 import subprocess
 import sys
@@ -45,6 +46,7 @@ def run_against_sim(
     cameras: tuple[str, ...] = CAMERAS,
     extra: tuple[str, ...] = (),
     signal_after_chunks: int | None = None,
+    preexec_fn=None,
 ) -> RunResult:
     """Start `rynn-edge run` first; start the simulator once the model is loaded (--port-wait), so the
     simulator's fault times count from the moment the run reaches the arm."""
@@ -61,7 +63,9 @@ def run_against_sim(
         "--max-missed-cycles", "25",
         *[arg for cam in cameras for arg in ("--camera", cam)], *extra,
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn
+    )
     lines: list[str] = []
     waiting = threading.Event()
 
@@ -235,3 +239,54 @@ def test_exit_codes_are_documented():
         "143 terminated",
     ):
         assert needle in " ".join(out.split()), needle
+
+
+def test_disk_full_during_the_run_still_stops_safely(bundle, tmp_path):
+    """The episode log hits RLIMIT_FSIZE ("File too large") mid-run: log_failed (10), torque off on every
+    servo, and every complete line of the log parses."""
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    r = run_against_sim(bundle, tmp_path, duration=20.0, preexec_fn=small_files)
+    s = r.summary
+    assert (r.code, s["exit_reason"]) == (10, "log_failed"), (s, r.stderr)
+    assert "File too large" in s["message"] and "Traceback" not in r.stderr
+    assert s["torque_off"] == ALL_IDS and all(r.servos[i]["torque"] == 0 for i in ALL_IDS)
+    assert r.log[0]["kind"] == "start" and len(r.log) > 10  # read_episode parsed every complete line
+    assert (tmp_path / "episode.jsonl").stat().st_size <= 60_000
+
+
+def test_async_remaining_not_below_the_chunk_is_refused_before_the_bus(bundle, tmp_path):
+    calibration = tmp_path / "calibration.json"
+    save_calibration(calibration, so100.simulator_calibration())
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "rynn_edge.runtime.cli", "run", str(bundle["model"]),
+            "--tokenizer", str(bundle["tokenizer"]), "--vq", str(bundle["vq"]),
+            "--port", str(tmp_path / "no-such-port"), "--calibration", str(calibration),
+            "--instruction", "x", "--camera", "front=synthetic", "--camera", "wrist=synthetic",
+            "--chunk-policy", "async", "--async-remaining", "20",
+        ],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "--async-remaining 20 must be smaller than the model's chunk length 20" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_during_start_up_exits_130_quietly(bundle, frames):
+    b = bundle
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "rynn_edge.runtime.cli", "predict", str(b["model"]),
+            "--tokenizer", str(b["tokenizer"]), "--vq", str(b["vq"]), "--image", str(frames[0]),
+            "--image", str(frames[1]), "--state", "0,0,0,0,0,0", "--instruction", "x",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(0.5)  # importing torch / loading the model
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr  # an exit code, not death by the signal (-2)
+    assert "Traceback" not in stderr and "interrupted" in stderr

@@ -11,6 +11,8 @@ import argparse
 import os
 from pathlib import Path
 
+from rynn_edge.runtime.commands.run import DURATION, LOOP_RATE
+
 DEFAULT_INSTRUCTION = "pick up the red cube and put it in the box"
 BUNDLE_MARKER = ".complete"
 
@@ -26,9 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help=f"cache for the tiny checkpoint and outputs (default {default_workdir()})",
     )
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds to run (default 5)")
+    parser.add_argument("--duration", type=DURATION, default=5.0, help="seconds to run (default 5)")
     parser.add_argument("--chunk-policy", choices=("full", "async"), default="full")
-    parser.add_argument("--loop-rate", type=float, default=100.0, help="servo loop rate, Hz (default 100)")
+    parser.add_argument(
+        "--loop-rate", type=LOOP_RATE, default=100.0, help="servo loop rate, Hz (default 100)"
+    )
     parser.add_argument("--instruction", default=DEFAULT_INSTRUCTION)
     parser.add_argument(
         "--fault",

@@ -7,19 +7,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rynn_edge.runtime.argtypes import NumberList, positive
 from rynn_edge.runtime.errors import UserError
 
 if TYPE_CHECKING:
     from rynn_edge.runtime.predictor import Prediction
 
 BACKENDS = ("torch", "onnxruntime", "cuda", "tensorrt")
-
-
-def parse_floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,10 +38,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--state", required=True, help="joint state, comma-separated, in training units")
+    parser.add_argument(
+        "--state",
+        type=NumberList(float),
+        required=True,
+        help="joint state, comma-separated, in training units",
+    )
     parser.add_argument("--instruction", required=True, help="the task, exactly as in training")
     parser.add_argument("--mode", choices=("continuous", "discrete"), default="continuous")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="discrete mode cap (default 300)")
+    parser.add_argument(
+        "--max-new-tokens", type=positive(int), default=None, help="discrete mode cap (default 300)"
+    )
     parser.add_argument(
         "--sequential",
         action="store_true",
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = open_predictor(args, default_size=256)
     result = predictor.predict(
         load_images(args.image),
-        parse_floats(args.state, "--state"),
+        args.state,
         args.instruction,
         args.mode,
         max_new_tokens=args.max_new_tokens or DISCRETE_MAX_NEW_TOKENS,
