@@ -7,7 +7,8 @@ runs the networks. It returns arrays (`Prediction`); the CLI turns them into its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from rynn_edge.runtime import decoding
-from rynn_edge.runtime.backends.artifact import Artifact
+from rynn_edge.runtime.backends.artifact import MANIFEST, Artifact
 from rynn_edge.runtime.backends.cuda import CudaBackend
 from rynn_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from rynn_edge.runtime.backends.tensorrt import TensorRTBackend
@@ -41,6 +42,7 @@ class Backend(Protocol):
     name: str
     time_horizon: int
     action_dim: int
+    max_positions: int  # the model's max_position_embeddings
 
     def vq_encode(self, pixels: np.ndarray) -> np.ndarray: ...
     def actions(self, prompt_ids: Sequence[int]) -> np.ndarray: ...
@@ -67,6 +69,7 @@ class Predictor:
     stats: Stats
     embodiment: Embodiment
     image_size: int = 256
+    truncate_instruction: bool = False  # else a prompt longer than the model's positions is refused
 
     @property
     def robot(self) -> str:
@@ -89,6 +92,11 @@ class Predictor:
             raise UserError(
                 f"stats {stats or body.name!r} have {len(loaded.action.min)} action dims but the checkpoint "
                 f"has action_dim {backend.action_dim}; pass --stats so100|libero|FILE matching the checkpoint"
+            )
+        if loaded.state is not None and loaded.state.dim != body.state_dim:
+            raise UserError(
+                f"stats {stats or body.name!r} have {loaded.state.dim} state dims but a {body.name} state "
+                f'has {body.state_dim}; fix the file\'s "state" ranges or pass the stats of this robot'
             )
         return cls(
             backend=backend,
@@ -117,8 +125,37 @@ class Predictor:
     ) -> tuple[list[int], np.ndarray]:
         self.check_inputs(images, state)
         codes = self.encode_images(images)
-        ids = prompt.vla_prompt(self.text, instruction, state, list(codes), self.stats, self.vocab)
+        ids = self.fit(
+            lambda text: prompt.vla_prompt(self.text, text, state, list(codes), self.stats, self.vocab),
+            instruction,
+        )
         return ids, codes
+
+    def fit(self, build: Callable[[str], list[int]], instruction: str) -> list[int]:
+        """`build(instruction)`, refused when longer than the model's positions, or with the instruction
+        cut word by word until it fits when `truncate_instruction` is set (with a warning)."""
+        limit = self.backend.max_positions
+        ids = build(instruction)
+        if len(ids) <= limit:
+            return ids
+        if not self.truncate_instruction:
+            raise UserError(
+                f"the prompt is {len(ids)} tokens but the model has {limit} positions "
+                f"(max_position_embeddings); shorten --instruction ({len(instruction)} characters) or pass "
+                "--truncate-instruction"
+            )
+        words = instruction.split()
+        while len(ids) > limit and words:
+            cut = max(1, len(words) * (len(ids) - limit) // len(ids))
+            words = words[:-cut]
+            ids = build(" ".join(words))
+        if len(ids) > limit:
+            raise UserError(f"even without an instruction the prompt is {len(ids)} tokens (limit {limit})")
+        print(
+            f"rynn-edge: warning: instruction cut to its first {len(words)} words to fit {limit} positions",
+            file=sys.stderr,
+        )
+        return ids
 
     def fused_continuous(
         self, images: Sequence[Image.Image | np.ndarray], state: np.ndarray, instruction: str
@@ -130,7 +167,10 @@ class Predictor:
         grid = self.image_size // 16
         layout = ImageLayout(grid, grid)
         placeholder = [np.zeros(grid * grid, dtype=np.int64)] * len(images)
-        template = prompt.vla_prompt(self.text, instruction, state, placeholder, self.stats, self.vocab)
+        template = self.fit(
+            lambda text: prompt.vla_prompt(self.text, text, state, placeholder, self.stats, self.vocab),
+            instruction,
+        )
         slots = layout.code_positions(template)
         pixels = to_model_input(images, self.image_size).numpy()
         codes, normalized = self.backend.chunk(pixels, template, slots, self.vocab.code_to_id)
@@ -201,7 +241,11 @@ def open_predictor(
             robot=robot or artifact.manifest.get("model", {}).get("robot"),
         )
     if backend not in ("torch", "cuda"):
-        raise UserError(f"backend {backend!r} needs an exported artifact folder (rynn-edge export)")
+        missing = Path(model) / MANIFEST
+        raise UserError(
+            f"{missing}: not found, so {model} is not an exported artifact, which backend {backend!r} needs; "
+            "make one with rynn-edge export (or use --backend torch|cuda on a raw checkpoint)"
+        )
     for flag, value in (("tokenizer", tokenizer), ("vq", vq)):
         if value is None:
             raise UserError(f"--{flag} DIR is required with a raw checkpoint")

@@ -221,3 +221,35 @@ def test_tiny_head_dim_is_spelled_alike():
     from rynn_edge.runtime.tiny import model
 
     assert make_tiny.HEAD_DIM == model.HEAD_DIM
+
+
+def _predict_args(bundle: dict[str, Path], frames: list[Path], instruction: str) -> list[str]:
+    return [
+        "predict", str(bundle["model"]), "--tokenizer", str(bundle["tokenizer"]), "--vq", str(bundle["vq"]),
+        "--image", str(frames[0]), "--image", str(frames[1]), "--state", "-40,60.5,150,-10,5,30",
+        "--instruction", instruction, "--json",
+    ]  # fmt: skip
+
+
+def test_a_prompt_longer_than_the_model_is_refused_or_cut_on_request(so100_bundle, frames) -> None:
+    long = " ".join(["place the red block inside the circle"] * 1200)  # ~8000 tokens; the model has 4096
+    refused(
+        cli(*_predict_args(so100_bundle, frames, long)), "max_position_embeddings", "--truncate-instruction"
+    )
+    proc = cli(*_predict_args(so100_bundle, frames, long), "--truncate-instruction")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: instruction cut" in proc.stderr
+    assert 4000 < len(json.loads(proc.stdout)["prompt_ids"]) <= 4096
+
+
+def test_a_folder_without_manifest_names_the_manifest(tmp_path) -> None:
+    proc = cli("predict", str(tmp_path), "--backend", "onnxruntime", "--state", "1", "--instruction", "x")
+    refused(proc, str(tmp_path / "manifest.json"), "rynn-edge export")
+
+
+def test_stats_of_the_wrong_robot_name_the_file(so100_bundle, frames, tmp_path) -> None:
+    stats = tmp_path / "stats.json"
+    ranges = {"min": [-1.0] * 5, "max": [1.0] * 5}
+    stats.write_text(json.dumps({"state": ranges, "action": {"min": [-1.0] * 6, "max": [1.0] * 6}}))
+    proc = cli(*_predict_args(so100_bundle, frames, "x"), "--stats", str(stats))
+    refused(proc, str(stats), "5 state dims", "so100 state has 6")

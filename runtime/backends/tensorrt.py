@@ -129,6 +129,7 @@ class TensorRTBackend:
         self.torch, self.artifact = torch, artifact
         model = artifact.model
         self.time_horizon, self.action_dim = int(model["time_horizon"]), int(model["action_dim"])
+        self.max_positions = int(model.get("max_position_embeddings") or 4096)
         self.stream = torch.cuda.Stream()
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines = {

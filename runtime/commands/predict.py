@@ -50,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-new-tokens", type=positive(int), default=None, help="discrete mode cap (default 300)"
     )
     parser.add_argument(
+        "--truncate-instruction",
+        action="store_true",
+        help="cut an instruction too long for the model's positions (with a warning) instead of refusing it",
+    )
+    parser.add_argument(
         "--sequential",
         action="store_true",
         help="discrete mode: decode the action blocks one by one (the reference order) instead of as a batch",
@@ -83,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from rynn_edge.runtime.predictor import DISCRETE_MAX_NEW_TOKENS
 
     predictor = open_predictor(args, default_size=256)
+    predictor.truncate_instruction = args.truncate_instruction
     result = predictor.predict(
         load_images(args.image),
         args.state,
