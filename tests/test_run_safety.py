@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,11 +19,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from rynn_edge.runtime.robot import so100
 from rynn_edge.runtime.robot.calibration import save_calibration
 from rynn_edge.runtime.robot.episode_log import read_episode
 from rynn_edge.runtime.sim import launch
+from rynn_edge.runtime.tokens.prompt import state_block
+from rynn_edge.runtime.tokens.stats import load_stats
+from rynn_edge.runtime.tokens.vocab import N_BINS, STATE_VALUE_OFFSET
 
 CAMERAS = ("front=synthetic", "wrist=synthetic")
 ALL_IDS = [1, 2, 3, 4, 5, 6]
@@ -290,3 +296,31 @@ def test_ctrl_c_during_start_up_exits_130_quietly(bundle, frames):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr  # an exit code, not death by the signal (-2)
     assert "Traceback" not in stderr and "interrupted" in stderr
+
+
+def nan_after_warm_up(bundle: dict[str, Path], out: Path) -> dict[str, Path]:
+    """A copy of the bundle whose embeddings of every state value token are NaN except those of the
+    mid-range state the warm-up query uses: the warm-up passes, the first real query (the simulated
+    arm's state) yields NaN actions."""
+    copy = {name: out / name for name in bundle}
+    for name, path in bundle.items():
+        shutil.copytree(path, copy[name])
+    stats = load_stats("so100")
+    mid = (np.asarray(stats.state.min) + np.asarray(stats.state.max)) / 2
+    keep = set(state_block(mid, stats)[1:-1])
+    for file in copy["model"].glob("*.safetensors"):
+        tensors = load_file(file)
+        if "model.embed_tokens.weight" in tensors:
+            table = tensors["model.embed_tokens.weight"]
+            for token in range(STATE_VALUE_OFFSET + 1, STATE_VALUE_OFFSET + N_BINS + 1):
+                if token not in keep:
+                    table[token] = torch.nan
+            save_file(tensors, file, metadata={"format": "pt"})
+    return copy
+
+
+def test_nan_actions_are_an_inference_failure_with_the_arm_held(bundle, tmp_path):
+    r = run_against_sim(nan_after_warm_up(bundle, tmp_path / "nan"), tmp_path, duration=30.0)
+    check_safe_state(r, "inference_failed", 7)
+    assert "non-finite actions" in r.summary["message"], r.summary["message"]
+    assert r.summary["chunks_executed"] == 0
