@@ -64,6 +64,8 @@ class Options:
     calibration_data: Path | None = None
     stats: str | None = None
     triton: bool = False
+    triton_kind: str = "auto"
+    triton_platform: str = "python"
     allow_accuracy_loss: bool = False
     hardware_compatible: bool = False
     version_compatible: bool = False
@@ -323,7 +325,9 @@ def export(opts: Options) -> dict[str, Any]:
     if trt is not None:
         manifest["target"] = build_engines(trt, opts, cfg, manifest, dims)
     if opts.triton:
-        manifest["triton"] = triton.write_repository(opts.out, manifest)
+        manifest["triton"] = triton.write_repository(
+            opts.out, manifest, kind=opts.triton_kind, platform=opts.triton_platform
+        )
     manifest["export_seconds"] = round(time.monotonic() - started, 1)
     manifest = write_manifest(opts.out, manifest)
     if failed and not opts.allow_accuracy_loss:
