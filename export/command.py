@@ -48,6 +48,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--format", choices=("triton",), help="also write an NVIDIA Triton model repository")
     parser.add_argument(
+        "--triton-kind",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="--format triton: instance kind of every model (default auto: GPU where the server has one)",
+    )
+    parser.add_argument(
+        "--triton-platform",
+        choices=("python", "native"),
+        default="python",
+        help="--format triton: stage models on the Python backend (runs on any server, default) or on "
+        "Triton's native onnxruntime/TensorRT backends (NVIDIA's container; copies the backbone weights)",
+    )
+    parser.add_argument(
         "--allow-accuracy-loss", action="store_true", help="warn instead of failing on thresholds"
     )
     parser.add_argument(
@@ -92,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
             stats=args.stats,
             robot=args.robot,
             triton=args.format == "triton",
+            triton_kind=args.triton_kind,
+            triton_platform=args.triton_platform,
             allow_accuracy_loss=args.allow_accuracy_loss,
             hardware_compatible=args.hardware_compatible,
             version_compatible=args.version_compatible,

@@ -65,6 +65,8 @@ class Options:
     calibration_data: Path | None = None
     stats: str | None = None
     triton: bool = False
+    triton_kind: str = "auto"
+    triton_platform: str = "python"
     allow_accuracy_loss: bool = False
     hardware_compatible: bool = False
     version_compatible: bool = False
@@ -368,7 +370,9 @@ def _export(opts: Options) -> tuple[dict[str, Any], list[str]]:
     if trt is not None:
         manifest["target"] = build_engines(trt, opts, cfg, manifest, dims)
     if opts.triton:
-        manifest["triton"] = triton.write_repository(opts.out, manifest)
+        manifest["triton"] = triton.write_repository(
+            opts.out, manifest, kind=opts.triton_kind, platform=opts.triton_platform
+        )
     manifest["export_seconds"] = round(time.monotonic() - started, 1)
     return write_manifest(opts.out, manifest), failed
 

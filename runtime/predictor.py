@@ -22,12 +22,13 @@ from rynn_edge.runtime.backends.cuda import CudaBackend
 from rynn_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from rynn_edge.runtime.backends.tensorrt import TensorRTBackend
 from rynn_edge.runtime.backends.torch import TorchBackend
+from rynn_edge.runtime.backends.triton import TritonBackend
 from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.robot.embodiment import Embodiment, embodiment
 from rynn_edge.runtime.tokens import prompt
 from rynn_edge.runtime.tokens.image_layout import ImageLayout
 from rynn_edge.runtime.tokens.images import to_model_input
-from rynn_edge.runtime.tokens.stats import Stats, load_stats
+from rynn_edge.runtime.tokens.stats import Range, Stats, load_stats
 from rynn_edge.runtime.tokens.text import TextTokenizer
 from rynn_edge.runtime.tokens.vocab import ImageVocab
 
@@ -64,8 +65,8 @@ class Prediction:
 @dataclass
 class Predictor:
     backend: Backend
-    text: TextTokenizer
-    vocab: ImageVocab
+    text: TextTokenizer | None  # None over a server that runs whole queries (`remote`)
+    vocab: ImageVocab | None
     stats: Stats
     embodiment: Embodiment
     image_size: int = 256
@@ -105,6 +106,21 @@ class Predictor:
             stats=loaded,
             embodiment=body,
             image_size=image_size,
+        )
+
+    @classmethod
+    def remote(cls, backend: TritonBackend, *, robot: str | None = None) -> Predictor:
+        """Over a server that runs the whole query (tokenizer, tables and stats stay there); the robot
+        side keeps only what it checks and plans with: the embodiment, the stats and the image size."""
+        ranges = {k: Range(np.asarray(v["min"], np.float64), np.asarray(v["max"], np.float64))
+                  for k, v in backend.stats.items()}  # fmt: skip
+        return cls(
+            backend=backend,
+            text=None,
+            vocab=None,
+            stats=Stats(action=ranges["action"], state=ranges.get("state")),
+            embodiment=embodiment(robot or backend.robot, backend.action_dim),
+            image_size=backend.image_size,
         )
 
     def check_inputs(self, images: Sequence[Image.Image | np.ndarray], state: np.ndarray) -> None:
@@ -190,6 +206,9 @@ class Predictor:
         """One query. Discrete mode decodes all action blocks as one batch where the backend can
         (identical tokens to sequential greedy decoding); `parallel=False` decodes them one by one."""
         state = np.asarray(state, dtype=np.float64)
+        if hasattr(self.backend, "query"):  # the server checks the inputs and runs everything
+            fields = self.backend.query(images, state, instruction, mode, max_new_tokens, parallel)
+            return Prediction(**fields)
         tokens = None
         if mode == "continuous" and hasattr(self.backend, "chunk"):
             ids, codes, normalized = self.fused_continuous(images, state, instruction)
@@ -225,11 +244,19 @@ def open_predictor(
     image_size: int = 256,
     trust_pickle: bool = False,
     robot: str | None = None,
+    server: str | None = None,
+    server_timeout: float = 30.0,
 ) -> Predictor:
-    """A predictor over a raw checkpoint (needs the tokenizer and vq folders; backends torch, cuda) or
+    """A predictor over a raw checkpoint (needs the tokenizer and vq folders; backends torch, cuda),
     over an exported artifact folder (it carries the tokenizer, token table and stats; backends
-    onnxruntime, tensorrt)."""
+    onnxruntime, tensorrt), or over a Triton server (backend triton, `server` HOST:PORT; `model` names
+    the server's whole-step model, or is an artifact folder for the default `rynn_step`)."""
 
+    if backend == "triton":
+        if not server:
+            raise UserError("--backend triton needs --server HOST:PORT (a `rynn-edge serve` endpoint)")
+        name = "rynn_step" if Path(model).exists() else str(model)
+        return Predictor.remote(TritonBackend(server, name, server_timeout), robot=robot)
     if Artifact.is_artifact(model):
         artifact_backend, artifact = _artifact_backend(model, backend)
         return Predictor.open(

@@ -13,7 +13,7 @@ from rynn_edge.runtime.errors import UserError
 if TYPE_CHECKING:
     from rynn_edge.runtime.predictor import Prediction
 
-BACKENDS = ("torch", "onnxruntime", "cuda", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "cuda", "tensorrt", "triton")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,11 +29,28 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="the robot the checkpoint drives (default: the artifact's, or the checkpoint's action space)",
     )
     parser.add_argument("--backend", choices=BACKENDS, default="torch")
+    add_server_arguments(parser)
     parser.add_argument("--image-size", type=int, choices=(256, 512), default=None, help="model resolution")
     parser.add_argument(
         "--trust-pickle", action="store_true", help="load a vqgan.ckpt that is not plain weights"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="--backend triton: the Triton server's gRPC endpoint (http://HOST:PORT for HTTP); MODEL is "
+        "then the artifact folder or the served model's name",
+    )
+    parser.add_argument(
+        "--server-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="--backend triton: a request that takes longer fails (default 30)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +90,8 @@ def open_predictor(args: argparse.Namespace, default_size: int):
         image_size=args.image_size or default_size,
         trust_pickle=args.trust_pickle,
         robot=args.robot,
+        server=args.server,
+        server_timeout=args.server_timeout,
     )
 
 

@@ -29,6 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help="tokenizer folder (raw checkpoint only)")
     parser.add_argument("--vq", help="VQ tokenizer folder (raw checkpoint only)")
     parser.add_argument("--backend", default="torch", help="inference backend (default torch)")
+    parser.add_argument("--server", metavar="HOST:PORT", help="--backend triton: the Triton server (gRPC)")
+    parser.add_argument(
+        "--server-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="--backend triton: a request that takes longer fails (default: --inference-deadline)",
+    )
     parser.add_argument("--stats", help="normalisation stats: so100 (default), or a stats.json")
     parser.add_argument("--robot", choices=("so100",), default="so100")
     parser.add_argument(
@@ -158,6 +166,8 @@ def config_from_args(args: argparse.Namespace):
         rest_s=args.rest_seconds,
         status_line=not args.no_status,
         port_wait_s=args.port_wait,
+        server=args.server,
+        server_timeout_s=args.server_timeout or args.inference_deadline,
     )
 
 

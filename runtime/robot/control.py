@@ -67,6 +67,8 @@ class RunConfig:
     rest_s: float = 2.0
     hold_s: float = 0.3
     port_wait_s: float = 0.0
+    server: str | None = None  # --backend triton: the server's HOST:PORT
+    server_timeout_s: float = 30.0
     status_line: bool = True
 
 
@@ -142,6 +144,8 @@ class Supervisor:
             backend=cfg.backend,
             stats=cfg.stats,
             robot="so100",
+            server=cfg.server,
+            server_timeout=cfg.server_timeout_s,
         )
         self.stack.callback(self.policy.close)
         self._check_signal()
