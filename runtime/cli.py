@@ -35,6 +35,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("rynn_edge.runtime.commands.demo", "tiny model + simulated arm + synthetic cameras, end to end"),
     "bench": ("rynn_edge.runtime.commands.bench", "control Hz vs action-chunk length"),
     "profile": ("rynn_edge.runtime.commands.profile", "per-layer latency of each stage"),
+    "build": ("rynn_edge.runtime.commands.build", "TensorRT engines from an ONNX artifact, on this machine"),
+    "verify": (
+        "rynn_edge.runtime.commands.verify",
+        "replay an artifact's golden vectors, print its accuracy",
+    ),
 }
 
 

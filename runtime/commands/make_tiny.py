@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-horizon", type=int, default=None, help="override T (so100: 20, libero: 5)")
     parser.add_argument("--shard-mb", type=float, default=None, help="shard safetensors at this size (MB)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--outliers",
+        action="store_true",
+        help="plant LLM-like activation outliers (outlier channels, massive BOS/delimiter activations, a "
+        "late FFN that overflows fp16): a stress checkpoint for quantization and fp16",
+    )
     parser.add_argument("--json", action="store_true", help="print the written paths as JSON")
 
 
@@ -43,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         time_horizon=args.time_horizon,
         shard_bytes=int(args.shard_mb * 2**20) if args.shard_mb else None,
         seed=args.seed,
+        outliers=args.outliers,
     )
     if args.json:
         print(json.dumps({name: str(path) for name, path in paths.items()}))
