@@ -261,7 +261,10 @@ def precision_block() -> str:
                 limit = "" if entry.get("threshold") is None else f" ({entry['threshold']:g})"
                 row[header] = f"{fmt(entry['value'])}{limit}"
         row["kept float"] = ", ".join(k.removeprefix("layers.") for k in run.get("kept", [])) or "–"
-        row["verdict"] = run.get("refused") or ("pass" if run.get("passed") else "FAIL")
+        refused = run.get("refused", "")
+        if "would overflow" in refused:
+            refused = "refused: fp16 overflow, " + refused.split("queries ", 1)[1].split(" (fp16", 1)[0]
+        row["verdict"] = refused or ("pass" if run.get("passed") else "FAIL")
         rows.append(row)
     columns = {k: k for k in ["precision", "method", *PRECISION_METRICS.values(), "kept float", "verdict"]}
     note = (

@@ -34,6 +34,7 @@ RUNS = [  # (precision, --quantization, --max-fallback)
     ("fp8", "outlier-safe", 25),
     ("int4", "plain", 0),
     ("int4", "outlier-safe", 25),
+    ("int4", "outlier-safe", 40),
 ]
 STAGES = ["--stages", "backbone_prefill", "action_head", "backbone_decode"]
 
@@ -53,6 +54,7 @@ def frames(folder: Path) -> list[str]:
 
 
 def calibration(folder: Path) -> Path:
+    folder.mkdir()
     images = frames(folder)
     instructions = ["pick up the cube", "open the drawer", "put the cup on the plate", "push the block left"]
     rows = [
@@ -88,7 +90,7 @@ def record() -> dict:
             err = io.StringIO()
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
                 code = main(args)
-            row = {"precision": precision, "method": method, "exit": code}
+            row = {"precision": precision, "method": f"{method}, fallback <= {fallback}%", "exit": code}
             if (out / MANIFEST).is_file():
                 manifest = json.loads((out / MANIFEST).read_text())
                 acc = manifest["accuracy"]
