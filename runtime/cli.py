@@ -40,6 +40,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rynn_edge.runtime.commands.serve",
         "serve an artifact on Triton Inference Server, or on LeRobot's async-inference protocol",
     ),
+    "build": ("rynn_edge.runtime.commands.build", "TensorRT engines from an ONNX artifact, on this machine"),
+    "verify": (
+        "rynn_edge.runtime.commands.verify",
+        "replay an artifact's golden vectors, print its accuracy",
+    ),
 }
 
 

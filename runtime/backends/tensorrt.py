@@ -184,6 +184,27 @@ class TensorRTBackend:
             graph.replay()
             return views["actions"][0].float().cpu().numpy()
 
+    def prefill(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        """Final-norm hidden states float32 [1, L, H] of one prompt at its exact length (for `verify`)."""
+        n, engine, torch = len(prompt_ids), self.engine("backbone_prefill"), self.torch
+        with torch.cuda.stream(self.stream):
+            views = engine.bind({"L": n})
+            views["ids"].copy_(torch.as_tensor([list(prompt_ids)]))
+            views["positions"].copy_(torch.arange(n)[None])
+            views["key_mask"].fill_(True)
+            engine.enqueue()
+            return views["hidden"].float().cpu().numpy()
+
+    def head_actions(self, hidden: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """The action head engine on given hidden states [1, L, H] -> normalized actions [T, A]."""
+        engine, torch = self.engine("action_head"), self.torch
+        with torch.cuda.stream(self.stream):
+            views = engine.bind({"L": hidden.shape[1]})
+            views["hidden"].copy_(torch.from_numpy(hidden))
+            views["valid"].copy_(torch.from_numpy(valid))
+            engine.enqueue()
+            return views["actions"][0].float().cpu().numpy()
+
     def step_model(self) -> TensorRTStepModel:
         return TensorRTStepModel(self)
 

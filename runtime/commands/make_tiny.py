@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--shard-mb", type=positive(float), default=None, help="shard safetensors at this size (MB)"
     )
     parser.add_argument("--seed", type=non_negative(int), default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--outliers",
+        action="store_true",
+        help="plant LLM-like activation outliers (outlier channels, massive BOS/delimiter activations, a "
+        "late FFN that overflows fp16): a stress checkpoint for quantization and fp16",
+    )
     parser.add_argument("--json", action="store_true", help="print the written paths as JSON")
 
 
@@ -53,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         time_horizon=args.time_horizon,
         shard_bytes=int(args.shard_mb * 2**20) if args.shard_mb else None,
         seed=args.seed,
+        outliers=args.outliers,
     )
     if args.json:
         print(json.dumps({name: str(path) for name, path in paths.items()}))
