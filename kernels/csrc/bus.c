@@ -2,8 +2,8 @@
  *
  * A reply is only ever taken from an id the request addressed, with the LEN the request implies, an ERR
  * byte with STS bits only and a good checksum. An exact copy of the request is the adapter's echo wherever
- * it appears in the stream: it is dropped with everything before it, once per exchange (a second copy is a
- * reply that happens to be byte-identical, e.g. a PING answered with ERR=0x01 behind an echoing adapter). */
+ * it appears in the stream, however many there are: a reply byte-identical to its request (a PING answered
+ * with ERR=0x01) cannot be told from one, so the caller hears FE_EECHO instead (Bus.ping then asks READ). */
 #include <errno.h>
 #include <string.h>
 
@@ -61,9 +61,23 @@ int64_t fe_bus_wire_ns(const fe_bus *bus, size_t n_bytes) {
     return (int64_t)((double)n_bytes * 10.0 * 1e9 / (double)bus->baud);
 }
 
-int fe_bus_send(fe_bus *bus, const uint8_t *packet, size_t n) {
+/* Flushes what is left of earlier exchanges and writes a request, remembering it: an adapter echoes it, maybe
+ * late enough to land in a later exchange, where it must not pass for a reply either. */
+static int send_request(fe_bus *bus, const uint8_t *packet, size_t n, int64_t deadline_ns) {
+    int known = 0; /* a retry, a second ping: the history keeps distinct requests */
+    for (int h = 0; h < FE_ECHO_HISTORY && !known; h++)
+        known = bus->recent_len[h] == n && memcmp(bus->recent[h], packet, n) == 0;
+    if (!known) {
+        memcpy(bus->recent[bus->recent_next], packet, n);
+        bus->recent_len[bus->recent_next] = n;
+        bus->recent_next = (bus->recent_next + 1) % FE_ECHO_HISTORY;
+    }
     fe_serial_flush_input(bus->fd);
-    return fe_serial_write_all(bus->fd, packet, n, fe_now_ns() + fe_bus_wire_ns(bus, n) + bus->timeout_ns);
+    return fe_serial_write_all(bus->fd, packet, n, deadline_ns);
+}
+
+int fe_bus_send(fe_bus *bus, const uint8_t *packet, size_t n) {
+    return send_request(bus, packet, n, fe_now_ns() + fe_bus_wire_ns(bus, n) + bus->timeout_ns);
 }
 
 /* One exchange: what was sent, who may answer with how many data bytes, and what came back. */
@@ -76,19 +90,46 @@ typedef struct {
     uint8_t *data, *valid; /* data: n_ids * length */
     int *errors;           /* ERR byte, -1 nothing, -2 only corrupted frames */
     size_t n_valid;
-    int echoed; /* the adapter's copy of `sent` has been dropped */
+    int echoed; /* a copy of `sent` came back (and was dropped) */
     size_t n;
     uint8_t buf[RX_CAP];
 } exchange;
 
-/* Where a copy of the request starts in buf, complete or still arriving (a tail that is a prefix of it);
- * x->n if there is none. */
-static size_t echo_at(const exchange *x) {
-    for (size_t j = 0; j < x->n; j++) {
-        size_t m = x->n - j < x->n_sent ? x->n - j : x->n_sent;
-        if (memcmp(x->buf + j, x->sent, m) == 0) return j;
+/* Where a copy of packet[0..len) starts in buf[0..limit) of x, complete or still arriving (a tail that is a prefix
+ * of it); limit if there is none. */
+static size_t copy_at(const exchange *x, const uint8_t *packet, size_t len, size_t limit) {
+    for (size_t j = 0; j < limit; j++) {
+        size_t m = x->n - j < len ? x->n - j : len;
+        if (memcmp(x->buf + j, packet, m) == 0) return j;
     }
-    return x->n;
+    return limit;
+}
+
+typedef struct {
+    size_t at, len; /* at == x->n: none */
+    int complete, ours; /* ours: a copy of this exchange's own request */
+} echo_copy;
+
+/* Is copy a to be preferred to b: earlier; at one place, complete, then longer. */
+static int better(const echo_copy *a, const echo_copy *b) {
+    if (a->at != b->at) return a->at < b->at;
+    if (a->complete != b->complete) return a->complete;
+    return a->len > b->len;
+}
+
+/* The first copy of any recent request in buf. */
+static echo_copy find_echo(const fe_bus *bus, const exchange *x) {
+    echo_copy best = {.at = x->n};
+    for (int h = 0; h < FE_ECHO_HISTORY; h++) {
+        size_t len = bus->recent_len[h];
+        if (!len) continue;
+        echo_copy c = {.at = copy_at(x, bus->recent[h], len, best.at < x->n ? best.at + 1 : x->n), .len = len};
+        if (c.at == x->n) continue;
+        c.complete = c.at + len <= x->n;
+        c.ours = len == x->n_sent && memcmp(bus->recent[h], x->sent, len) == 0;
+        if (better(&c, &best)) best = c;
+    }
+    return best;
 }
 
 static void drop(exchange *x, size_t m) {
@@ -122,34 +163,52 @@ static void count_bad_checksum(fe_bus *bus, exchange *x, uint8_t id) {
     if (!x->valid[k]) x->errors[k] = -2;
 }
 
+/* Could a reply to `sent` be byte-identical to (a part of) it? Then a copy of it proves neither an echoing
+ * adapter nor a silent servo. */
+static int request_looks_like_reply(const exchange *x) {
+    fe_status st;
+    size_t consumed;
+    uint8_t bad_id;
+    return fe_parse_status(x->sent, x->n_sent, (size_t)x->length + 2, &st, &consumed, &bad_id) ==
+               FE_PARSE_PACKET &&
+           index_of(x, st.id) >= 0;
+}
+
 static size_t frame_start(int p, const fe_status *st, const uint8_t *buf, size_t consumed) {
     return p == FE_PARSE_PACKET ? (size_t)(st->data - buf) - 5 : consumed - 1; /* bad checksum: skips 1 */
 }
 
-/* Takes every complete reply out of buf. A packet may only be taken if it starts before a copy of the request
- * that is still arriving: that copy could hide a status-shaped packet inside its own params. */
+/* Takes every complete reply out of buf. Every complete copy of a recent request is an echo (an adapter may
+ * echo a timed-out attempt late, in a later exchange): no packet may contain a byte of it, and it goes
+ * with everything before it. A copy still arriving may hide a status-shaped packet in its params, so no
+ * packet that starts inside it is taken yet; one that starts before it is (a reply ending in FF). */
 static void take_replies(fe_bus *bus, exchange *x) {
     for (;;) {
-        size_t echo = x->echoed ? x->n : echo_at(x);
-        if (echo + x->n_sent <= x->n) {
-            bus->garbage_bytes += echo;
-            drop(x, echo + x->n_sent);
-            x->echoed = bus->echo_seen = 1;
-            continue;
-        }
+        echo_copy copy = find_echo(bus, x);
         fe_status st;
         size_t consumed = 0;
         uint8_t bad_id = 0;
-        int p = fe_parse_status(x->buf, x->n, (size_t)x->length + 2, &st, &consumed, &bad_id);
-        if (p == FE_PARSE_NEED_MORE || frame_start(p, &st, x->buf, consumed) >= echo) {
-            if (consumed > echo) consumed = echo;
-            bus->garbage_bytes += consumed;
+        /* Behind an adapter known to echo, nothing before our own echo is a reply (it is stale). */
+        int waiting = bus->echo_seen && !x->echoed;
+        size_t window = waiting ? 0 : copy.complete ? copy.at : x->n;
+        int p = fe_parse_status(x->buf, window, (size_t)x->length + 2, &st, &consumed, &bad_id);
+        if (p != FE_PARSE_NEED_MORE && frame_start(p, &st, x->buf, consumed) < copy.at) {
+            if (p == FE_PARSE_PACKET) accept_status(bus, x, &st);
+            else count_bad_checksum(bus, x, bad_id);
             drop(x, consumed);
-            return;
+            continue;
         }
-        if (p == FE_PARSE_PACKET) accept_status(bus, x, &st);
-        else count_bad_checksum(bus, x, bad_id);
+        if (copy.complete) {
+            bus->garbage_bytes += copy.at;
+            drop(x, copy.at + copy.len);
+            x->echoed |= copy.ours;
+            bus->echo_seen |= copy.ours && !request_looks_like_reply(x); /* no servo sends that: proof */
+            continue;
+        }
+        if (waiting || consumed > copy.at) consumed = copy.at;
+        bus->garbage_bytes += consumed;
         drop(x, consumed);
+        return;
     }
 }
 
@@ -162,8 +221,7 @@ static int run_exchange(fe_bus *bus, exchange *x, int64_t deadline_ns) {
     x->n_valid = 0;
     x->echoed = 0;
     x->n = 0;
-    fe_serial_flush_input(bus->fd);
-    int rc = fe_serial_write_all(bus->fd, x->sent, x->n_sent, deadline_ns);
+    int rc = send_request(bus, x->sent, x->n_sent, deadline_ns);
     if (rc != 0) return rc;
     while (x->n_valid < x->n_ids) {
         if (x->n == RX_CAP) x->n = 0; /* take_replies leaves < 2 packets' worth: a guard, not a path */
@@ -173,17 +231,8 @@ static int run_exchange(fe_bus *bus, exchange *x, int64_t deadline_ns) {
         x->n += (size_t)got;
         take_replies(bus, x);
     }
+    if (bus->echo_seen && !x->echoed) bus->echo_seen = 0; /* it did not echo this time: believe that next time */
     return 0;
-}
-
-/* Could the servo's reply to `sent` be byte-identical to it? Then a lone copy is no proof of silence. */
-static int request_looks_like_reply(const exchange *x) {
-    fe_status st;
-    size_t consumed;
-    uint8_t bad_id;
-    return fe_parse_status(x->sent, x->n_sent, (size_t)x->length + 2, &st, &consumed, &bad_id) ==
-               FE_PARSE_PACKET &&
-           st.id == x->ids[0];
 }
 
 /* One attempt of a unicast exchange. */

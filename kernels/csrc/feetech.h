@@ -87,17 +87,23 @@ typedef struct {
     uint64_t requests, timeouts, checksum_errors, retries, errors_reported;
 } fe_id_stats;
 
+#define FE_ECHO_HISTORY 32 /* distinct recent requests whose copies in the RX stream are echoes, however late */
+
 typedef struct {
     int fd;               /* -1 once closed; read and written under lock */
     int baud;
     char path[256];
     int64_t timeout_ns;  /* slack on top of the wire time of each exchange */
     int retries;
-    int echo_seen;       /* a copy of a request came back: the adapter echoes our own bytes */
+    int echo_seen;       /* the adapter echoes: a copy came back of a request no reply can equal (a SYNC_READ),
+                            and of every request since */
     int loops;           /* control loops starting or running on this bus; under lock */
     pthread_mutex_t lock; /* one transaction at a time (Python threads and the loop); lives until fe_bus_free */
     fe_id_stats stats[256];
     uint64_t garbage_bytes, bad_checksum_other;
+    uint8_t recent[FE_ECHO_HISTORY][2 * FE_MAX_PACKET]; /* what we wrote lately, under lock */
+    size_t recent_len[FE_ECHO_HISTORY];
+    int recent_next;
 } fe_bus;
 
 enum fe_bus_result {
