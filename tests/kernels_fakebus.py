@@ -12,6 +12,9 @@ answering PING, READ, WRITE, SYNC_READ and SYNC_WRITE (goals are logged, positio
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import heapq
 import os
 import pty
 import select
@@ -124,7 +127,10 @@ class Servos:
 
 
 class FakeBus:
-    """A pty whose far end is `answer`; use as a context manager. `requests` logs what the host sent."""
+    """A pty whose far end is `answer`; use as a context manager. `requests` logs what the host sent.
+
+    One thread, never blocked: requests are read (and echoed) the moment they arrive, answers go out when
+    they are due, a flood as fast as the pty takes it. `sent` is what went onto the wire, in order."""
 
     def __init__(
         self,
@@ -143,6 +149,9 @@ class FakeBus:
         tty.setraw(self._slave)  # no echo, no CR/LF mangling: raw bytes both ways
         os.set_blocking(self.master, False)
         self.port = os.ttyname(self._slave)
+        self._ready: collections.deque[tuple[str, bytes]] = collections.deque()  # (kind, bytes) due, in order
+        self._later: list[tuple[float, int, bytes]] = []  # heap of (due, seq, bytes): late pieces
+        self._seq = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="fake-bus", daemon=True)
 
@@ -161,40 +170,51 @@ class FakeBus:
         if self.error is not None:
             raise self.error
 
-    def _send(self, kind: str, data: bytes) -> None:
-        if data:
+    def _schedule(self, answer: Answer, now: float) -> None:
+        if isinstance(answer, bytes):
+            answer = [(0.0, answer)]
+        for delay, piece in answer:
+            now += delay
+            self._seq += 1
+            heapq.heappush(self._later, (now, self._seq, piece))
+
+    def _take(self, chunk: bytes, pending: bytes, now: float) -> bytes:
+        if self.echo:
+            self._ready.append(("servo", self.before_echo()))
+            self._ready.append(("echo", chunk))
+        requests, pending = split_requests(pending + chunk)
+        for request in requests:
+            self.requests.append(request)
+            self._schedule(self.answer(request), now)
+        return pending
+
+    def _write_some(self) -> None:
+        kind, data = self._ready.popleft()
+        if kind:  # logged before the host can read it; the rest of a partial write goes next, unlogged
             self.sent.append((kind, data))
-        while data and not self._stop.is_set():
-            select.select([], [self.master], [], 0.02)  # a flood may fill the pty: wait for room
-            try:
-                data = data[os.write(self.master, data) :]
-            except BlockingIOError:
-                continue
+        try:
+            n = os.write(self.master, data) if data else 0
+        except BlockingIOError:
+            n = 0
+        if n < len(data):
+            self._ready.appendleft(("", data[n:]))
 
     def _serve(self) -> None:
         pending = b""
         try:
             while not self._stop.is_set():
-                if not select.select([self.master], [], [], 0.02)[0]:
-                    continue
-                try:
-                    chunk = os.read(self.master, 4096)
-                except (BlockingIOError, OSError):
-                    continue
-                if self.echo:
-                    self._send("servo", self.before_echo())
-                    self._send("echo", chunk)
-                requests, pending = split_requests(pending + chunk)
-                for request in requests:
-                    self.requests.append(request)
-                    self._reply(self.answer(request))
+                now = time.monotonic()
+                while self._later and self._later[0][0] <= now:
+                    self._ready.append(("servo", heapq.heappop(self._later)[2]))
+                wait = min(0.02, max(0.0, self._later[0][0] - now)) if self._later else 0.02
+                out = [self.master] if self._ready else []
+                readable, writable, _ = select.select([self.master], out, [], 0.0 if out else wait)
+                if readable:
+                    with contextlib.suppress(BlockingIOError):
+                        pending = self._take(os.read(self.master, 4096), pending, time.monotonic())
+                if writable:
+                    self._write_some()
+                elif out and not readable:
+                    select.select([self.master], out, [], wait)  # the pty is full: wait for the host
         except BaseException as err:  # surfaced by close(): a broken fake must fail the test
             self.error = err
-
-    def _reply(self, answer: Answer) -> None:
-        if isinstance(answer, bytes):
-            self._send("servo", answer)
-            return
-        for delay, piece in answer:
-            time.sleep(delay)
-            self._send("servo", piece)

@@ -164,7 +164,9 @@ def test_echo_behind_noise_is_never_taken_for_the_reply() -> None:
     ):
         assert bus.read(1, 56, 2) == (u16(2048), 0)
         assert bus.ping(1) == (fe_fake.MODEL, 0)
-        assert bus.stats()["echo_seen"]
+        assert bus.sync_read([1], 56, 2) == [(u16(2048), 0)]
+        assert bus.stats()["echo_seen"]  # proven by the SYNC_READ's echo: no servo sends that
+        assert bus.read(1, 56, 2) == (u16(2048), 0)
 
 
 def test_ping_of_an_absent_servo_behind_an_echoing_adapter_times_out() -> None:

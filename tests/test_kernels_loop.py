@@ -387,26 +387,27 @@ def test_start_refuses_a_servo_far_outside_its_limits() -> None:
         assert not loop.running and servos.goals == []  # no goal outside the limits, no jump to them
 
 
-def test_a_servo_just_outside_its_limits_starts_at_the_limit() -> None:
-    servos = Servos({1: 990})
+def goals_of_a_held_run(servos: Servos, limits: dict) -> set[int]:
+    """Starts a loop on servo 1 (no chunk: it holds), stops it after 0.1 s: the goals it wrote."""
     with fake_bus(servos) as b:
-        loop = fe.ControlLoop(b, [1], 100.0, 10.0, [1000], [3000], [20], max_missed_cycles=10**6)
+        loop = fe.ControlLoop(b, [1], 100.0, 10.0, **limits)
         loop.start()
         time.sleep(0.1)
         loop.stop()
-        assert servos.goals and all(g == {1: 1000} for g in servos.goals)
+    assert servos.goals
+    return {g[1] for g in servos.goals}
+
+
+def test_a_servo_just_outside_its_limits_starts_at_the_limit() -> None:
+    limits = dict(lower=[1000], upper=[3000], max_step=[20], max_missed_cycles=10**6)
+    assert goals_of_a_held_run(Servos({1: 990}), limits) == {1000}
 
 
 def test_one_bogus_reading_never_becomes_the_held_pose() -> None:
     """The first reply says 2398, every later one 2048: the loop holds 2048 from its very first cycle."""
     servos = Servos({1: 2048})
     servos.position = lambda servo_id: 2398 if servos.reads == 1 else 2048
-    with fake_bus(servos) as b:
-        loop = fe.ControlLoop(b, [1], 100.0, 10.0, **ONE)
-        loop.start()
-        time.sleep(0.1)
-        loop.stop()
-        assert servos.goals and all(g == {1: 2048} for g in servos.goals)
+    assert goals_of_a_held_run(servos, ONE) == {2048}
 
 
 def test_start_refuses_readings_that_never_agree() -> None:
