@@ -428,9 +428,14 @@ static int set_start_pose(fe_loop *loop, const int32_t *pose, char *err, size_t 
                      loop->ids[k], loop->bus->path, pose[k], loop->lower[k], loop->upper[k], loop->max_step[k]);
             return -ERANGE;
         }
-        loop->goal[k] = loop->st_goal[k] = goal;
-        loop->present[k] = loop->st_present[k] = pose[k];
     }
+    pthread_mutex_lock(&loop->status_lock);
+    for (int k = 0; k < loop->n_ids; k++) {
+        loop->goal[k] = loop->st_goal[k] = clamp32(pose[k], loop->lower[k], loop->upper[k]);
+        loop->present[k] = loop->st_present[k] = pose[k];
+        loop->missed[k] = loop->st_missed[k] = 0; /* every servo has just answered */
+    }
+    pthread_mutex_unlock(&loop->status_lock);
     return 0;
 }
 

@@ -420,7 +420,8 @@ static PyObject *Bus_ping(BusObject *self, PyObject *args) {
     if (rc != FE_OK && rc != FE_EECHO) return raise_bus(self, rc, id, FE_PING, -1);
     uint8_t params[2] = {3, 2};
     int rc_read = transact(self, id, FE_READ, params, 2, model, 2, &err2);
-    if (rc_read != FE_OK) return rc == FE_EECHO ? raise_bus(self, rc, id, FE_PING, -1) : raise_bus(self, rc_read, id, FE_READ, 3);
+    if (rc_read != FE_OK && rc == FE_EECHO) return raise_bus(self, rc, id, FE_PING, -1); /* absent: its echo */
+    if (rc_read != FE_OK) return raise_bus(self, rc_read, id, FE_READ, 3);
     return Py_BuildValue("(ii)", model[0] | (model[1] << 8), err1 | err2);
 }
 
@@ -960,7 +961,8 @@ static PyObject *Loop_drain_records(LoopObject *self, PyObject *args) {
     if (max_obj != Py_None) {
         Py_ssize_t max_records = PyNumber_AsSsize_t(max_obj, PyExc_OverflowError);
         if (max_records == -1 && PyErr_Occurred()) return NULL;
-        if (max_records < 0) return PyErr_Format(PyExc_ValueError, "max_records must be None or >= 0, got %zd", max_records);
+        if (max_records < 0)
+            return PyErr_Format(PyExc_ValueError, "max_records must be None or >= 0, got %zd", max_records);
         if ((size_t)max_records < cap) cap = (size_t)max_records;
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(cap * self->loop.record_size));
