@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # The CPU build of torch (a looser requirement would pull the multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint fuzz
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard kernels/csrc/*.c kernels/csrc/*.h)
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# The C servo layer under ASan+UBSan, built apart in build/fuzz (never over the in-place extension), fuzzed
+# through a pty: receive path and control loop. The sanitizer runtime is LD_PRELOADed into the fuzzing
+# interpreter (see tests/kernels_fuzz.py). `make test` runs a 40 s pass of it (tests/test_kernels_fuzz.py).
+FUZZ_SEED    ?= 16
+FUZZ_SECONDS ?= 120
+fuzz: setup
+	$(PY) tests/kernels_fuzz.py --seed $(FUZZ_SEED) --seconds $(FUZZ_SECONDS) --build build/fuzz
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -22,7 +22,7 @@ extensions = (
             "rynn_edge.kernels._native",
             sources=sources,
             include_dirs=["kernels/csrc"],
-            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-D_GNU_SOURCE"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wconversion", "-D_GNU_SOURCE"],
             libraries=["pthread", "rt"],
         )
     ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
+import kernels_fakebus as fe_fake
 import pytest
+from kernels_fakebus import FakeBus, Servos, status, u16
 
 from rynn_edge.kernels import _native as fe
 from rynn_edge.runtime.sim import launch
@@ -148,3 +150,88 @@ def test_torque_off(bus: fe.Bus, sim) -> None:
     assert all(s["torque"] == 1 for s in sim.state()["servos"])
     bus.torque_off(IDS)
     assert all(s["torque"] == 0 for s in sim.state()["servos"])
+
+
+# --- a hostile bus: the fake servo of kernels_fakebus, byte for byte over a pty -------------------------
+
+
+def test_echo_behind_noise_is_never_taken_for_the_reply() -> None:
+    """An echoing adapter, a stray byte before each echo: READ(1, 56, 2) echoed reads as position 568 with the
+    ANGLE bit; the servo said 2048."""
+    with (
+        FakeBus(Servos({1: 2048}), echo=True, before_echo=lambda: b"\x00") as fake,
+        fe.Bus(fake.port, timeout_ms=SLACK_MS) as bus,
+    ):
+        assert bus.read(1, 56, 2) == (u16(2048), 0)
+        assert bus.ping(1) == (fe_fake.MODEL, 0)
+        assert bus.sync_read([1], 56, 2) == [(u16(2048), 0)]
+        assert bus.stats()["echo_seen"]  # proven by the SYNC_READ's echo: no servo sends that
+        assert bus.read(1, 56, 2) == (u16(2048), 0)
+
+
+def test_ping_of_an_absent_servo_behind_an_echoing_adapter_times_out() -> None:
+    with FakeBus(Servos({1: 2048}), echo=True) as fake, fe.Bus(fake.port, timeout_ms=10.0, retries=1) as bus:
+        with pytest.raises(fe.BusTimeoutError, match="id 5 .*PING.*echo"):
+            bus.ping(5)
+        with pytest.raises(fe.BusTimeoutError, match="id 5"):
+            bus.read(5, 56, 2)
+
+
+@pytest.mark.parametrize("echo", [False, True])
+def test_a_reply_byte_identical_to_its_ping_still_counts(echo: bool) -> None:
+    """A PING answered with ERR=0x01 is an exact copy of the PING: with or without an echo, ping() sees it."""
+    with (
+        FakeBus(Servos({1: 2048}, error=fe.ERRBIT_VOLTAGE), echo=echo) as fake,
+        fe.Bus(fake.port, timeout_ms=SLACK_MS) as bus,
+    ):
+        assert bus.ping(1) == (fe_fake.MODEL, fe.ERRBIT_VOLTAGE)
+
+
+def test_a_status_packet_inside_an_echoed_request_is_never_a_reply() -> None:
+    """The SYNC_WRITE data carries a whole valid status packet of servo 2 (which is absent): echoed behind
+    a stray byte, it must not come back as servo 2's position."""
+    planted = status(2, 0, u16(1234))
+    data = [planted, bytes(len(planted))]
+    with (
+        FakeBus(Servos({1: 2048}), echo=True, before_echo=lambda: b"\x00") as fake,
+        fe.Bus(fake.port, timeout_ms=10.0) as bus,
+    ):
+        assert bus.sync_write_read([1, 2], 60, data, 56, 2) == [(u16(2048), 0), (None, fe.ERR_NO_REPLY)]
+
+
+def test_a_stray_header_does_not_hide_the_replies_after_it() -> None:
+    """FF FF 01 F6 00 promises 250 bytes: the valid replies right behind it must still be read."""
+    servos = Servos({1: 2048, 2: 1000})
+    with (
+        FakeBus(lambda r: b"\xff\xff\x01\xf6\x00" + servos(r)) as fake,
+        fe.Bus(fake.port, timeout_ms=10.0) as bus,
+    ):
+        assert bus.read(1, 56, 2) == (u16(2048), 0)
+        assert bus.sync_read([1, 2], 56, 2) == [(u16(2048), 0), (u16(1000), 0)]
+
+
+def test_an_err_byte_no_sts_servo_sends_is_not_a_status_packet() -> None:
+    servos = Servos({1: 2048})
+    with (
+        FakeBus(lambda r: status(1, 0x40, u16(999)) + status(1, 0x10, u16(998)) + servos(r)) as fake,
+        fe.Bus(fake.port, timeout_ms=10.0) as bus,
+    ):
+        assert bus.read(1, 56, 2) == (u16(2048), 0)
+
+
+def test_bus_close_is_refused_while_a_loop_starts() -> None:
+    """close() from another thread during start()'s initial reads (each reply 60 ms late) must not free
+    the bus under the loop."""
+    servos = Servos({1: 2048})
+    with FakeBus(lambda r: [(0.06, servos(r))]) as fake, fe.Bus(fake.port, timeout_ms=200.0) as bus:
+        loop = fe.ControlLoop(bus, [1], 50.0, 10.0, [0], [4095], [50], max_missed_cycles=10**6)
+        starter = threading.Thread(target=loop.start)
+        starter.start()
+        time.sleep(0.03)
+        with pytest.raises(RuntimeError, match="stop the ControlLoop"):
+            bus.close()
+        starter.join(5.0)
+        assert loop.running
+        loop.stop()
+        bus.close()
+        assert bus.closed

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
+import math
+import random
+import threading
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
+from kernels_fakebus import FakeBus, Servos
+from kernels_isolated import run_isolated
 
 from rynn_edge.kernels import _native as fe
 from rynn_edge.kernels.feetech import records_to_numpy
@@ -190,3 +200,252 @@ def test_bad_arguments(bus: fe.Bus) -> None:
     loop = fe.ControlLoop(bus, IDS, 100.0, 30.0, **WIDE)
     with pytest.raises(ValueError, match="entries"):
         loop.submit_chunk(0, [[1, 2, 3]], 0)
+
+
+# --- hostile callers and a hostile bus (kernels_fakebus: a fake servo over a pty) ----------------------
+
+ONE = dict(lower=[0], upper=[4095], max_step=[4095], max_missed_cycles=10**6)
+
+
+@contextlib.contextmanager
+def fake_bus(answer: Callable, timeout_ms: float = 20.0) -> Iterator[fe.Bus]:
+    with FakeBus(answer) as fake, fe.Bus(fake.port, timeout_ms=timeout_ms) as b:
+        yield b
+
+
+def late(servos: Servos, delay_s: float) -> Callable:
+    """Every reply `delay_s` late: start()'s initial reads then take a while."""
+    return lambda request: [(delay_s, servos(request))]
+
+
+def servo_threads() -> int:
+    """Threads named rynn-servo (the loop thread's name) alive in this process."""
+    names = []
+    for path in glob.glob("/proc/self/task/*/comm"):
+        with contextlib.suppress(OSError):
+            names.append(Path(path).read_text().strip())
+    return names.count("rynn-servo")
+
+
+def in_threads(target: Callable, n: int, timeout_s: float = 10.0) -> list[BaseException | None]:
+    """Runs target() in n threads at once; what each raised (None: returned). Fails if one hangs."""
+    barrier = threading.Barrier(n)
+    outcome: list[BaseException | None] = [None] * n
+
+    def run(k: int) -> None:
+        barrier.wait()
+        try:
+            target()
+        except BaseException as err:  # reported to the test
+            outcome[k] = err
+
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+    assert not any(t.is_alive() for t in threads), "a lifecycle call hangs"
+    return outcome
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("action_rate_hz", math.inf),
+        ("action_rate_hz", math.nan),
+        ("action_rate_hz", 0.0),
+        ("action_rate_hz", -30.0),
+        ("loop_rate_hz", 1e-10),
+        ("loop_rate_hz", math.inf),
+        ("loop_rate_hz", math.nan),
+        ("loop_rate_hz", 20000.0),
+    ],
+)
+def test_float_arguments_must_be_finite_and_in_range(bus: fe.Bus, name: str, value: float) -> None:
+    rates = {"loop_rate_hz": 100.0, "action_rate_hz": 30.0, name: value}
+    with pytest.raises(ValueError, match=rf"{name} must be a finite number in [\[(]"):
+        fe.ControlLoop(bus, IDS, **rates, **WIDE)
+
+
+@pytest.mark.parametrize("timeout_ms", [math.inf, math.nan, 0.0, -5.0])
+def test_bus_timeout_must_be_finite_and_positive(sim: str, timeout_ms: float) -> None:
+    with pytest.raises(ValueError, match="timeout_ms must be a finite number in"):
+        fe.Bus(sim, timeout_ms=timeout_ms)
+
+
+def test_t0_outside_the_monotonic_range_is_refused(bus: fe.Bus) -> None:
+    loop = fe.ControlLoop(bus, IDS, 100.0, 30.0, **WIDE)
+    for t0 in (-(2**63), -1, 2**62 + 1):
+        with pytest.raises(ValueError, match="t0_ns must be in"):
+            loop.submit_chunk(t0, [START], 1)
+
+
+def test_drain_records_takes_none(bus: fe.Bus) -> None:
+    loop = fe.ControlLoop(bus, IDS, 100.0, 30.0, **WIDE, **PATIENT)
+    assert loop.drain_records(None) == b""
+    loop.start()
+    time.sleep(0.05)
+    loop.stop()
+    assert len(loop.drain_records(None)) >= loop.record_dtype["itemsize"]
+
+
+def test_stop_wakes_a_slow_loop() -> None:
+    with fake_bus(Servos({1: 2048})) as b:
+        loop = fe.ControlLoop(b, [1], 1.0, 1.0, **ONE)
+        loop.start()
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        loop.stop()
+        assert time.monotonic() - t0 < 0.2  # not the rest of a 1 s period
+        assert not loop.running
+
+
+def test_concurrent_stops_all_return() -> None:
+    with fake_bus(Servos({1: 2048})) as b:
+        loop = fe.ControlLoop(b, [1], 100.0, 10.0, **ONE)
+        loop.start()
+        assert in_threads(loop.stop, 4) == [None] * 4
+        assert not loop.running and servo_threads() == 0
+
+
+def test_concurrent_starts_make_one_servo_thread() -> None:
+    with fake_bus(late(Servos({1: 2048}), 0.02)) as b:
+        loop = fe.ControlLoop(b, [1], 100.0, 10.0, **ONE)
+        outcome = in_threads(loop.start, 4)
+        assert outcome.count(None) == 1
+        assert all(isinstance(e, RuntimeError) and "already" in str(e) for e in outcome if e is not None)
+        assert loop.running and servo_threads() == 1
+        loop.stop()
+
+
+def test_start_on_a_running_loop_raises() -> None:
+    servos = Servos({1: 2048})
+    with fake_bus(servos) as b:
+        loop = fe.ControlLoop(b, [1], 100.0, 10.0, **ONE)
+        loop.start()
+        time.sleep(0.05)
+        cycles = loop.status()["cycles"]
+        with pytest.raises(RuntimeError, match="already running"):
+            loop.start()
+        time.sleep(0.03)
+        assert loop.running and loop.status()["cycles"] > cycles  # the same loop went on, no restart
+        loop.stop()
+
+
+def test_stop_during_start_wins() -> None:
+    servos = Servos({1: 2048})
+    with fake_bus(late(servos, 0.05), timeout_ms=200.0) as b:
+        loop = fe.ControlLoop(b, [1], 100.0, 10.0, **ONE)
+        outcome: list[BaseException] = []
+        starter = threading.Thread(target=lambda: outcome.extend(_raised(loop.start)))
+        starter.start()
+        time.sleep(0.02)  # start() is waiting for its first reading
+        loop.stop()
+        starter.join(5.0)
+        assert not starter.is_alive() and not loop.running and servo_threads() == 0
+        assert len(outcome) == 1 and isinstance(outcome[0], fe.BusError)
+        assert outcome[0].errno == errno.ECANCELED
+        assert servos.goals == []  # not one cycle ran
+
+
+def _raised(call: Callable) -> list[BaseException]:
+    try:
+        call()
+    except BaseException as err:  # returned to the caller
+        return [err]
+    return []
+
+
+def test_start_and_stop_from_many_threads() -> None:
+    with fake_bus(Servos({1: 2048})) as b:
+        loop = fe.ControlLoop(b, [1], 200.0, 10.0, **ONE)
+        rng = random.Random(16)
+
+        def churn() -> None:
+            for _ in range(15):
+                try:
+                    loop.start() if rng.random() < 0.5 else loop.stop()
+                except RuntimeError:  # start() while the loop runs (or starts in another thread)
+                    pass
+                except fe.BusError as err:  # start() that another thread's stop() cancelled
+                    assert err.errno == errno.ECANCELED
+                time.sleep(rng.random() * 0.005)
+
+        assert in_threads(churn, 4, timeout_s=30.0) == [None] * 4
+        assert servo_threads() <= 1
+        loop.stop()
+        assert not loop.running and servo_threads() == 0
+
+
+def test_start_refuses_a_servo_far_outside_its_limits() -> None:
+    servos = Servos({1: 100})
+    with fake_bus(servos) as b:
+        loop = fe.ControlLoop(b, [1], 100.0, 10.0, [1000], [3000], [20], max_missed_cycles=10**6)
+        with pytest.raises(fe.BusError, match=r"servo 1 .* at 100, outside its limits \[1000, 3000\]") as err:
+            loop.start()
+        assert err.value.errno == errno.ERANGE
+        assert not loop.running and servos.goals == []  # no goal outside the limits, no jump to them
+
+
+def goals_of_a_held_run(servos: Servos, limits: dict) -> set[int]:
+    """Starts a loop on servo 1 (no chunk: it holds), stops it after 0.1 s: the goals it wrote."""
+    with fake_bus(servos) as b:
+        loop = fe.ControlLoop(b, [1], 100.0, 10.0, **limits)
+        loop.start()
+        time.sleep(0.1)
+        loop.stop()
+    assert servos.goals
+    return {g[1] for g in servos.goals}
+
+
+def test_a_servo_just_outside_its_limits_starts_at_the_limit() -> None:
+    limits = dict(lower=[1000], upper=[3000], max_step=[20], max_missed_cycles=10**6)
+    assert goals_of_a_held_run(Servos({1: 990}), limits) == {1000}
+
+
+def test_one_bogus_reading_never_becomes_the_held_pose() -> None:
+    """The first reply says 2398, every later one 2048: the loop holds 2048 from its very first cycle."""
+    servos = Servos({1: 2048})
+    servos.position = lambda servo_id: 2398 if servos.reads == 1 else 2048
+    assert goals_of_a_held_run(servos, ONE) == {2048}
+
+
+def test_start_refuses_readings_that_never_agree() -> None:
+    servos = Servos({1: 2048})
+    servos.position = lambda servo_id: 1000 + 1000 * (servos.reads % 2)
+    with fake_bus(servos) as b:
+        loop = fe.ControlLoop(b, [1], 100.0, 10.0, **ONE)
+        with pytest.raises(fe.BusError, match="agreeing") as err:
+            loop.start()
+        assert err.value.errno == errno.EPROTO and servos.goals == []
+
+
+def test_goals_never_run_far_ahead_of_the_measured_position() -> None:
+    """A servo stuck at 2048, a chunk asking for 3000: the goal stops 8 steps ahead instead of running off."""
+    servos = Servos({1: 2048})
+    with fake_bus(servos) as b:
+        loop = fe.ControlLoop(b, [1], 200.0, 10.0, [0], [4095], [10], max_missed_cycles=10**6)
+        loop.start()
+        loop.submit_chunk(time.monotonic_ns(), [[3000]] * 10, 1)
+        time.sleep(0.3)
+        loop.stop()
+        written = [g[1] for g in servos.goals]
+        assert max(written) == 2048 + 8 * 10
+        assert max(abs(a - b) for a, b in zip([2048, *written], written, strict=False)) <= 10
+
+
+def test_index_that_clears_the_lists_being_parsed() -> None:
+    run_isolated(
+        """
+        bus = pty_bus()
+        lower = []
+        lower += [Clearing(0, lower), 0]
+        loop = fe.ControlLoop(bus, [1, 2], 100.0, 10.0, lower, [4095, 4095], [10, 10])
+        rows = []
+        rows += [[Clearing(2048, rows), 2048], [2048, 2048]]
+        loop.submit_chunk(0, rows, 1)
+        row = []
+        row += [Clearing(2048, row), 2048]
+        loop.submit_chunk(0, [row], 2)
+        """
+    )

@@ -8,6 +8,7 @@ import select
 import tty
 
 import pytest
+from kernels_isolated import run_isolated
 
 from rynn_edge.kernels import _native as fe
 
@@ -163,3 +164,37 @@ def test_encoder_limits() -> None:
         fe.encode_packet(1, fe.INST_WRITE, bytes(250))
     with pytest.raises(ValueError):
         fe.encode_sync_read(56, 2, [1, 1])
+
+
+def test_parser_resyncs_past_a_header_that_never_completes() -> None:
+    """FF FF 01 F6 00 promises 250 bytes the stream does not hold: the packets inside are still found."""
+    good = bytes.fromhex("FF FF 01 04 00 00 08 F2")
+    packets, bad, garbage = fe.parse_status_stream(bytes.fromhex("FF FF 01 F6 00") + good + good)
+    assert packets == [(1, 0, b"\x00\x08")] * 2 and bad == 0
+
+
+@pytest.mark.parametrize("error", [0x10, 0x40, 0x80, 0x82])
+def test_err_byte_with_a_bit_no_sts_servo_sets_is_not_a_status_packet(error: int) -> None:
+    body = bytes([1, 4, error, 0x00, 0x08])
+    packet = b"\xff\xff" + body + bytes([fe.checksum(body)])
+    assert fe.parse_status_stream(packet)[0] == []
+
+
+def test_index_that_clears_the_container_being_parsed() -> None:
+    """Each item's __index__ empties the list or dict mid-parse: the extension must not use freed items."""
+    run_isolated(
+        """
+        ids = []
+        ids += [Clearing(1, ids), 2, 3]
+        assert fe.encode_sync_read(56, 2, ids) == fe.encode_sync_read(56, 2, [1, 2, 3])
+        mapping = {}
+        mapping[Clearing(1, mapping)] = b"\\x00\\x08"
+        mapping[2] = b"\\x01\\x08"
+        expected = fe.encode_sync_write(42, 2, {1: b"\\x00\\x08", 2: b"\\x01\\x08"})
+        assert fe.encode_sync_write(42, 2, mapping) == expected
+        bus = pty_bus()
+        ids = []
+        ids += [Clearing(1, ids), 2]
+        assert bus.sync_read(ids, 56, 2) == [(None, -1), (None, -1)]
+        """
+    )

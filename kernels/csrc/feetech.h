@@ -26,7 +26,7 @@ enum fe_instruction {
     FE_SYNC_WRITE = 0x83,
 };
 
-/* Status (ERR) byte bits, same layout as register 65. */
+/* Status (ERR) byte bits of the STS3215, same layout as register 65. */
 enum fe_error_bit {
     FE_ERR_VOLTAGE = 0x01,
     FE_ERR_ANGLE = 0x02,
@@ -34,6 +34,11 @@ enum fe_error_bit {
     FE_ERR_OVERCURRENT = 0x08,
     FE_ERR_OVERLOAD = 0x20,
 };
+/* The only bits a real status packet's ERR byte can have (0x2F). Bit 4 and bits 6-7 are never set by the
+ * firmware, so a header with one of them is not a status packet: the 0x82 / 0x83 in the same place of an
+ * echoed SYNC_READ / SYNC_WRITE, for one. Instructions 0x01-0x05 do look like ERR bytes: an echoed PING,
+ * READ or ACTION is told apart by its length and by being an exact copy of the request (bus.c). */
+#define FE_ERR_VALID (FE_ERR_VOLTAGE | FE_ERR_ANGLE | FE_ERR_OVERHEAT | FE_ERR_OVERCURRENT | FE_ERR_OVERLOAD)
 
 uint8_t fe_checksum(const uint8_t *bytes, size_t n);
 /* Each encoder returns the packet length, or -1 if it would exceed FE_MAX_PACKET. */
@@ -58,9 +63,12 @@ enum fe_parse_result {
     FE_PARSE_BAD_CHECKSUM = 2, /* a well-formed frame with a bad checksum; *consumed skips its first byte */
 };
 
-/* Finds the next status packet in buf[0..n). Leading garbage is consumed silently (counted in
- * *consumed); a frame with a bad checksum is reported so the caller can count it. */
-int fe_parse_status(const uint8_t *buf, size_t n, fe_status *status, size_t *consumed, uint8_t *bad_id);
+/* Finds the next status packet in buf[0..n) whose LEN field is expect_len (0: any length). Leading garbage
+ * is consumed silently (counted in *consumed); a frame with a bad checksum is reported so the caller can
+ * count it, and *consumed then skips only its first byte. A header whose LEN is not expect_len is garbage,
+ * so the wait for an unfinished packet is never longer than the expected reply. */
+int fe_parse_status(const uint8_t *buf, size_t n, size_t expect_len, fe_status *status, size_t *consumed,
+                    uint8_t *bad_id);
 
 /* ---- serial.c / serial_baud.c ----------------------------------------------------------- */
 
@@ -79,29 +87,40 @@ typedef struct {
     uint64_t requests, timeouts, checksum_errors, retries, errors_reported;
 } fe_id_stats;
 
+#define FE_ECHO_HISTORY 32 /* distinct recent requests whose copies in the RX stream are echoes, however late */
+
 typedef struct {
-    int fd;
+    int fd;               /* -1 once closed; read and written under lock */
     int baud;
     char path[256];
     int64_t timeout_ns;  /* slack on top of the wire time of each exchange */
     int retries;
-    int echo_seen;       /* the adapter echoes our own bytes back */
-    pthread_mutex_t lock; /* one transaction at a time (Python threads and the loop) */
-    atomic_int loops;     /* running control loops using this bus */
+    int echo_seen;       /* the adapter echoes: a copy came back of a request no reply can equal (a SYNC_READ),
+                            and of every request since */
+    int loops;           /* control loops starting or running on this bus; under lock */
+    pthread_mutex_t lock; /* one transaction at a time (Python threads and the loop); lives until fe_bus_free */
     fe_id_stats stats[256];
     uint64_t garbage_bytes, bad_checksum_other;
+    uint8_t recent[FE_ECHO_HISTORY][2 * FE_MAX_PACKET]; /* what we wrote lately, under lock */
+    size_t recent_len[FE_ECHO_HISTORY];
+    int recent_next;
 } fe_bus;
 
 enum fe_bus_result {
     FE_OK = 0,
     FE_ETIMEOUT = -1000, /* no (valid) status packet before the deadline */
     FE_ECHECKSUM = -1001, /* only corrupted frames arrived */
-    FE_EPACKET = -1002,   /* reply of the wrong size */
+    FE_EECHO = -1002,     /* only a copy of the request came back: the adapter's echo, or a reply
+                             byte-identical to the request (a PING answered with ERR=0x01) */
 };
 
+/* Initialises the lock whatever happens (fe_bus_free destroys it), then opens the port. */
 int fe_bus_open(fe_bus *bus, const char *path, int baud, double timeout_ms, int retries, char *err,
                 size_t err_size);
-void fe_bus_close(fe_bus *bus);
+int fe_bus_close(fe_bus *bus); /* 0, or -EBUSY while a loop uses the bus; idempotent */
+void fe_bus_free(fe_bus *bus); /* closes and destroys the lock: nobody may use the bus any more */
+int fe_bus_acquire(fe_bus *bus); /* a loop starts using the bus: 0, or -EBADF if it is closed */
+void fe_bus_release(fe_bus *bus);
 int64_t fe_bus_wire_ns(const fe_bus *bus, size_t n_bytes);
 
 /* Unicast request with reply; retried. Fills *error (servo ERR byte) and data (n_data bytes).
@@ -130,6 +149,15 @@ typedef struct {
 
 enum fe_record_flag { FE_REC_VALID = 0x01, FE_REC_HELD = 0x02 };
 
+/* Lifecycle, one state under life_lock. start: IDLE -> STARTING -> RUNNING (or back to IDLE on an error or a
+ * stop() meanwhile); stop: RUNNING -> STOPPING -> IDLE. A thread that ended on a fault stays RUNNING (with
+ * running == 0) until a stop() or the next start() joins it: exactly one caller ever joins a thread. */
+enum fe_life { FE_IDLE, FE_STARTING, FE_RUNNING, FE_STOPPING };
+
+#define FE_START_READS 3  /* agreeing readings in a row per servo that make the starting pose */
+#define FE_START_AGREE 16 /* ticks each of them may differ from the first (a standing servo reads +-1) */
+#define FE_MAX_LEAD 8     /* a goal never runs more than FE_MAX_LEAD * max_step ahead of the measured position */
+
 typedef struct {
     /* configuration (immutable after create) */
     fe_bus *bus;
@@ -143,16 +171,22 @@ typedef struct {
     uint8_t fault_mask;
     int rt_priority;
 
+    /* lifecycle; wake is signalled (under life_lock) to cut the loop thread's sleep short on stop */
+    pthread_mutex_t life_lock;
+    pthread_cond_t life_changed, wake;
+    int life;
+    atomic_int cancel_start; /* a stop() came during start(): start() ends stopped */
+    pthread_t thread;
+    atomic_int running, stop_request;
+
     /* triple-buffered chunks: writer owns `back`, loop owns `front`, `middle` is exchanged */
+    pthread_mutex_t writer_lock; /* one submit / hold / drain at a time, from any thread; never the loop's */
     fe_chunk slots[3];
     int back, front;
     atomic_int middle;    /* slot index | FE_FRESH */
     atomic_int hold_request;
 
     /* loop-thread state */
-    pthread_t thread;
-    atomic_int running, stop_request;
-    int thread_started;
     int front_valid;
     int32_t goal[FE_MAX_SERVOS];
     int32_t present[FE_MAX_SERVOS]; /* last valid reading per id */
@@ -180,15 +214,18 @@ typedef struct {
 
 #define FE_FRESH 0x4
 
+/* Arguments are trusted here: module.c validates them (ranges, lower <= upper, max_step > 0). */
 int fe_loop_init(fe_loop *loop, fe_bus *bus, const uint8_t *ids, int n_ids, double loop_rate_hz,
                  double action_rate_hz, const int32_t *lower, const int32_t *upper, const int32_t *max_step,
                  uint8_t read_addr, uint8_t write_addr, int max_missed_cycles, uint8_t fault_mask,
                  int rt_priority, size_t ring_capacity);
 void fe_loop_free(fe_loop *loop);
-/* Reads present positions (the initial held goal) and starts the thread. 0 or an error code. */
+/* Takes the starting pose from FE_START_READS agreeing reads, then starts the thread. Safe from any thread.
+ * 0, FE_ETIMEOUT (an id never answered), or -errno: EBUSY already starting/running, ECANCELED stop() came
+ * meanwhile, EPROTO reads disagree, ERANGE a servo too far outside its limits, EBADF bus closed. */
 int fe_loop_start(fe_loop *loop, char *err, size_t err_size);
-void fe_loop_stop(fe_loop *loop); /* joins */
-/* Writer side (one thread at a time): rows is n_rows * n_ids. 0 or -ENOMEM. */
+void fe_loop_stop(fe_loop *loop); /* joins; idempotent; safe from any thread, also during start */
+/* Writer side (any thread): rows is n_rows * n_ids. 0 or -ENOMEM. */
 int fe_loop_submit(fe_loop *loop, int64_t t0_ns, const int32_t *rows, int n_rows, int64_t chunk_id);
 void fe_loop_hold(fe_loop *loop);
 size_t fe_loop_drain(fe_loop *loop, uint8_t *out, size_t max_records);

@@ -3,6 +3,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <math.h>
 #include <string.h>
 
 #include "feetech.h"
@@ -19,7 +20,10 @@ static const char MODULE_DOC[] =
     "  parse_status_stream(bytes) -> (list[(id, error, data)], bad_checksums, garbage_bytes)\n"
     "\n"
     "Bus(port, baud=1_000_000, timeout_ms=5.0, retries=2)   raw termios port, GIL released during I/O.\n"
-    "  timeout_ms is the slack allowed on top of the wire time of each exchange.\n"
+    "  timeout_ms (0, 60000] is the slack allowed on top of the wire time of each exchange; baud\n"
+    "  1200..4000000; retries 0..100. A reply is only taken from the addressed id(s), with the length\n"
+    "  the request implies, STS error bits only (0x2F) and a good checksum; an exact copy of the request\n"
+    "  is an adapter echo wherever it appears and is dropped. Every method is safe from any thread.\n"
     "  ping(id) -> (model_number, error)            PING + READ(3, 2), like the SDK\n"
     "  read(id, addr, length) -> (bytes, error)\n"
     "  write(id, addr, data) -> error               (broadcast id 254: no reply, returns 0)\n"
@@ -32,23 +36,31 @@ static const char MODULE_DOC[] =
     "      both packets in ONE write(), no retries (what the control loop does every cycle)\n"
     "  torque_off(ids) -> None   SYNC_WRITE Torque_Enable(40)=0, sent twice\n"
     "  stats() -> {'per_id': {id: {requests, timeouts, checksum_errors, retries, errors_reported}},\n"
-    "              'garbage_bytes', 'bad_checksum_other', 'echo_seen'}\n"
-    "  close(); context manager; attributes port, baud, timeout_ms, retries, closed\n"
+    "              'garbage_bytes', 'bad_checksum_other', 'echo_seen' (the adapter echoes: a copy of a\n"
+    "              request no reply can equal, a SYNC_READ, came back, and one of every request since)}\n"
+    "  close() (idempotent; RuntimeError while a ControlLoop is starting or running on the bus);\n"
+    "  context manager; attributes port, baud, timeout_ms, retries, closed\n"
     "  Raises BusTimeoutError (TimeoutError) / BusError (OSError); messages name port, id, instruction, addr.\n"
     "\n"
     "ControlLoop(bus, ids, loop_rate_hz, action_rate_hz, lower, upper, max_step, read_addr=56,\n"
     "            write_addr=42, max_missed_cycles=3, fault_mask=0x2D, rt_priority=80,\n"
     "            record_capacity=32768)\n"
+    "  loop_rate_hz [1, 10000], action_rate_hz (0, 10000], max_step 1..32767; ValueError otherwise.\n"
     "  Own pthread (SCHED_FIFO at rt_priority if permitted, else normal; see status()['sched']).\n"
     "  Each cycle at an absolute CLOCK_MONOTONIC deadline: SYNC_WRITE goals + SYNC_READ present\n"
     "  positions in one write(). Goals are raw ticks (sign-magnitude bit 15 on the wire).\n"
     "  submit_chunk(t0_ns, goals, chunk_id)  goals: N rows x len(ids) ints; row k is the goal at\n"
-    "      t0_ns + k / action_rate_hz (CLOCK_MONOTONIC ns, = time.monotonic_ns()). Swapped in\n"
-    "      lock-free at the next cycle. The loop interpolates linearly between rows, clamps to\n"
-    "      [lower, upper], then to max_step ticks per cycle from the previous goal. Outside\n"
+    "      t0_ns + k / action_rate_hz (CLOCK_MONOTONIC ns, = time.monotonic_ns(), 0..2**62). Swapped in\n"
+    "      lock-free at the next cycle. The loop interpolates linearly between rows; the goal it writes\n"
+    "      never leaves [lower, upper], moves at most max_step ticks per cycle from the previous goal,\n"
+    "      and runs at most 8 * max_step ahead of the measured position. Outside\n"
     "      [t0, t0 + N/action_rate) it HOLDS the last goal (never extrapolates); before any chunk it\n"
     "      holds the position read at start().\n"
-    "  start() ; stop() (joins) ; hold() (drop the current/pending chunk, hold last goal)\n"
+    "  start(): the starting pose is 3 consecutive complete SYNC_READs agreeing within 16 ticks (else\n"
+    "      BusTimeoutError if an id never answers, BusError otherwise); a servo outside [lower, upper]\n"
+    "      by more than max_step refuses to start (BusError). RuntimeError if already starting/running.\n"
+    "  stop() (joins; idempotent; a stop() during start() wins: start() raises BusError ECANCELED)\n"
+    "  hold() (drop the current/pending chunk, hold last goal). All of them are safe from any thread.\n"
     "  status() -> dict: running, cycles, overruns, present, goal, active_chunk_id, holding,\n"
     "      valid, errors (last ERR byte or -1/-2), missed (consecutive), missed_total, error_count,\n"
     "      fault_reason (str | None), fault_id (int | None), sched, records_dropped, period_ns\n"
@@ -87,60 +99,69 @@ static int get_byte_arg(long v, const char *what, uint8_t *out) {
     return 0;
 }
 
+/* A tuple copy of any iterable. Its items stay alive whatever Python code (an __index__, a __buffer__) then
+ * does to `obj`: a list being parsed may be cleared under our feet, a borrowed item would dangle. */
+static PyObject *tuple_of(PyObject *obj, const char *what) {
+    PyObject *t = PySequence_Tuple(obj);
+    if (!t && PyErr_ExceptionMatches(PyExc_TypeError)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s must be a sequence, not %.80s", what, Py_TYPE(obj)->tp_name);
+    }
+    return t;
+}
+
 /* ids: any iterable of ints -> array. Returns count or -1. */
 static Py_ssize_t get_ids(PyObject *seq, uint8_t *ids, Py_ssize_t max) {
-    PyObject *fast = PySequence_Fast(seq, "ids must be a sequence of ints");
-    if (!fast) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    PyObject *items = tuple_of(seq, "ids");
+    if (!items) return -1;
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    Py_ssize_t rc = n;
     if (n == 0 || n > max) {
         PyErr_Format(PyExc_ValueError, "need 1..%zd ids, got %zd", max, n);
-        Py_DECREF(fast);
-        return -1;
+        rc = -1;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (get_id(PySequence_Fast_GET_ITEM(fast, i), &ids[i], 0) < 0) {
-            Py_DECREF(fast);
-            return -1;
-        }
-        for (Py_ssize_t j = 0; j < i; j++) {
+    for (Py_ssize_t i = 0; rc >= 0 && i < n; i++) {
+        if (get_id(PyTuple_GET_ITEM(items, i), &ids[i], 0) < 0) rc = -1;
+        for (Py_ssize_t j = 0; rc >= 0 && j < i; j++) {
             if (ids[j] == ids[i]) {
                 PyErr_Format(PyExc_ValueError, "duplicate servo id %d", ids[i]);
-                Py_DECREF(fast);
-                return -1;
+                rc = -1;
             }
         }
     }
-    Py_DECREF(fast);
-    return n;
+    Py_DECREF(items);
+    return rc;
+}
+
+/* One bytes-like of exactly *length bytes (-1: take its length) into out[0..cap). */
+static int get_bytes(PyObject *obj, Py_ssize_t i, int *length, uint8_t *out, size_t cap) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) return -1;
+    if (*length < 0) *length = view.len < FE_MAX_PACKET ? (int)view.len : FE_MAX_PACKET;
+    int ok = view.len == *length && (size_t)view.len <= cap;
+    if (ok) memcpy(out, view.buf, (size_t)view.len);
+    else if (view.len == *length) PyErr_Format(PyExc_ValueError, "data for entry %zd: more than a packet holds", i);
+    else PyErr_Format(PyExc_ValueError, "data for entry %zd has %zd bytes, expected %d", i, view.len, *length);
+    PyBuffer_Release(&view);
+    return ok ? 0 : -1;
 }
 
 /* data_per_id: sequence of n bytes-likes, each `length` long -> out (n*length). length=-1: take from first. */
 static int get_rows(PyObject *seq, Py_ssize_t n, int *length, uint8_t *out, size_t cap) {
-    PyObject *fast = PySequence_Fast(seq, "data_per_id must be a sequence of bytes");
-    if (!fast) return -1;
-    if (PySequence_Fast_GET_SIZE(fast) != n) {
-        PyErr_Format(PyExc_ValueError, "got %zd data entries for %zd ids", PySequence_Fast_GET_SIZE(fast), n);
-        Py_DECREF(fast);
-        return -1;
+    PyObject *items = tuple_of(seq, "data_per_id");
+    if (!items) return -1;
+    int rc = 0;
+    if (PyTuple_GET_SIZE(items) != n) {
+        PyErr_Format(PyExc_ValueError, "got %zd data entries for %zd ids", PyTuple_GET_SIZE(items), n);
+        rc = -1;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_buffer view;
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, i), &view, PyBUF_SIMPLE) < 0) {
-            Py_DECREF(fast);
-            return -1;
-        }
-        if (*length < 0) *length = (int)view.len;
-        if (view.len != *length || (size_t)((i + 1) * view.len) > cap) {
-            PyErr_Format(PyExc_ValueError, "data for entry %zd has %zd bytes, expected %d", i, view.len, *length);
-            PyBuffer_Release(&view);
-            Py_DECREF(fast);
-            return -1;
-        }
-        memcpy(out + i * view.len, view.buf, (size_t)view.len);
-        PyBuffer_Release(&view);
+    size_t used = 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < n; i++) {
+        rc = get_bytes(PyTuple_GET_ITEM(items, i), i, length, out + used, cap - used);
+        if (rc == 0) used += (size_t)*length;
     }
-    Py_DECREF(fast);
-    return 0;
+    Py_DECREF(items);
+    return rc;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -169,22 +190,22 @@ static PyObject *py_encode_sync_write(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "llO!", &addr, &length, &PyDict_Type, &mapping)) return NULL;
     uint8_t a, l, ids[FE_MAX_PACKET], data[FE_MAX_PACKET], out[FE_MAX_PACKET];
     if (get_byte_arg(addr, "addr", &a) < 0 || get_byte_arg(length, "length", &l) < 0) return NULL;
-    Py_ssize_t pos = 0, n = 0;
-    PyObject *key, *value;
-    int len = l;
-    while (PyDict_Next(mapping, &pos, &key, &value)) {
-        if (n >= FE_MAX_PACKET / (1 + (l ? l : 1))) {
-            PyErr_SetString(PyExc_ValueError, "too many ids for one packet");
-            return NULL;
-        }
-        if (get_id(key, &ids[n], 0) < 0) return NULL;
-        PyObject *one = PyTuple_Pack(1, value);
-        if (!one) return NULL;
-        int rc = get_rows(one, 1, &len, data + n * l, sizeof data - (size_t)(n * l));
-        Py_DECREF(one);
-        if (rc < 0) return NULL;
-        n++;
+    PyObject *items = PyDict_Items(mapping); /* a private copy: keys' __index__ may change the dict */
+    if (!items) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    int len = l, rc = 0;
+    if (n > FE_MAX_PACKET / (1 + (l ? l : 1))) {
+        PyErr_SetString(PyExc_ValueError, "too many ids for one packet");
+        rc = -1;
     }
+    for (Py_ssize_t i = 0; rc == 0 && i < n; i++) {
+        PyObject *pair = PyList_GET_ITEM(items, i);
+        rc = get_id(PyTuple_GET_ITEM(pair, 0), &ids[i], 0);
+        if (rc == 0)
+            rc = get_bytes(PyTuple_GET_ITEM(pair, 1), i, &len, data + (size_t)i * l, sizeof data - (size_t)i * l);
+    }
+    Py_DECREF(items);
+    if (rc < 0) return NULL;
     int size = fe_encode_sync_write(out, a, l, ids, (size_t)n, data);
     if (size < 0) return PyErr_Format(PyExc_ValueError, "packet would exceed %d bytes", FE_MAX_PACKET);
     return PyBytes_FromStringAndSize((const char *)out, size);
@@ -246,7 +267,7 @@ static PyObject *py_parse_status_stream(PyObject *self, PyObject *arg) {
         fe_status st;
         size_t consumed = 0;
         uint8_t bad_id;
-        int p = fe_parse_status(buf + at, n - at, &st, &consumed, &bad_id);
+        int p = fe_parse_status(buf + at, n - at, 0, &st, &consumed, &bad_id);
         if (p == FE_PARSE_PACKET) {
             PyObject *item = Py_BuildValue("(iiy#)", st.id, st.error, (const char *)st.data, (Py_ssize_t)st.n_data);
             if (!item || PyList_Append(packets, item) < 0) Py_CLEAR(packets);
@@ -254,8 +275,9 @@ static PyObject *py_parse_status_stream(PyObject *self, PyObject *arg) {
         } else if (p == FE_PARSE_BAD_CHECKSUM) {
             bad++;
         } else {
-            garbage += (long)(n - at); /* trailing garbage or partial packet */
-            consumed = n - at;
+            /* An unfinished packet: nothing more will come, so it never will be one. Resync past its start. */
+            if (at + consumed < n) consumed++;
+            garbage += (long)consumed;
         }
         at += consumed;
     }
@@ -269,6 +291,7 @@ static PyObject *py_parse_status_stream(PyObject *self, PyObject *arg) {
 
 typedef struct {
     PyObject_HEAD fe_bus bus;
+    int initialized; /* fe_bus_open ran: the lock exists until dealloc */
     int is_open;
 } BusObject;
 
@@ -292,16 +315,15 @@ static PyObject *raise_bus(BusObject *self, int rc, int id, uint8_t instr, int a
     char where[96];
     if (addr >= 0) snprintf(where, sizeof where, "%s addr %d", name, addr);
     else snprintf(where, sizeof where, "%s", name);
-    if (rc == FE_ETIMEOUT) {
+    if (rc == FE_ETIMEOUT || rc == FE_EECHO) {
         char timeout[32];
         snprintf(timeout, sizeof timeout, "%.1f", (double)self->bus.timeout_ns / 1e6);
-        PyErr_Format(BusTimeoutError, "no status packet from id %d (%s) on %s after %d attempt(s), timeout %s ms",
-                     id, where, port, attempts, timeout);
+        PyErr_Format(BusTimeoutError, "no status packet from id %d (%s) on %s after %d attempt(s), timeout %s ms%s",
+                     id, where, port, attempts, timeout,
+                     rc == FE_EECHO ? "; only a copy of the request came back (the adapter's echo)" : "");
     } else if (rc == FE_ECHECKSUM) {
         PyErr_Format(BusError, "only corrupted status packets (bad checksum) from id %d (%s) on %s after %d attempt(s)",
                      id, where, port, attempts);
-    } else if (rc == FE_EPACKET) {
-        PyErr_Format(BusError, "status packet of the wrong length from id %d (%s) on %s", id, where, port);
     } else {
         PyObject *exc_args = Py_BuildValue("(iN)", -rc,
                                            PyUnicode_FromFormat("%s (id %d, %s) on %s", strerror(-rc), id, where, port));
@@ -319,22 +341,38 @@ static int check_open(BusObject *self) {
     return 0;
 }
 
+/* A float argument that must be finite and in [lo, hi] (or (lo, hi] with open_low). */
+static int check_float(double v, const char *name, double lo, double hi, int open_low) {
+    if (isfinite(v) && (open_low ? v > lo : v >= lo) && v <= hi) return 0;
+    char range[64], got[32];
+    snprintf(range, sizeof range, "%c%g, %g]", open_low ? '(' : '[', lo, hi);
+    snprintf(got, sizeof got, "%g", v);
+    PyErr_Format(PyExc_ValueError, "%s must be a finite number in %s, got %s", name, range, got);
+    return -1;
+}
+
+static int check_int(long v, const char *name, long lo, long hi) {
+    if (v >= lo && v <= hi) return 0;
+    PyErr_Format(PyExc_ValueError, "%s must be in %ld..%ld, got %ld", name, lo, hi, v);
+    return -1;
+}
+
 static int Bus_init(BusObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"port", "baud", "timeout_ms", "retries", NULL};
     const char *port;
     int baud = 1000000, retries = 2;
     double timeout_ms = 5.0;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s|idi", kwlist, &port, &baud, &timeout_ms, &retries)) return -1;
-    if (self->is_open) {
+    if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "Bus already initialised");
         return -1;
     }
-    if (baud <= 0 || timeout_ms <= 0 || retries < 0) {
-        PyErr_SetString(PyExc_ValueError, "baud and timeout_ms must be > 0, retries >= 0");
+    if (check_int(baud, "baud", 1200, 4000000) < 0 || check_float(timeout_ms, "timeout_ms", 0.0, 60000.0, 1) < 0 ||
+        check_int(retries, "retries", 0, 100) < 0)
         return -1;
-    }
     char err[320];
     int rc;
+    self->initialized = 1;
     Py_BEGIN_ALLOW_THREADS rc = fe_bus_open(&self->bus, port, baud, timeout_ms, retries, err, sizeof err);
     Py_END_ALLOW_THREADS if (rc < 0) {
         PyObject *exc_args = Py_BuildValue("(is)", -rc, err);
@@ -349,19 +387,18 @@ static int Bus_init(BusObject *self, PyObject *args, PyObject *kwargs) {
 static PyObject *Bus_close(BusObject *self, PyObject *unused) {
     (void)unused;
     if (!self->is_open) Py_RETURN_NONE;
-    if (atomic_load(&self->bus.loops) > 0) {
+    int rc;
+    Py_BEGIN_ALLOW_THREADS rc = fe_bus_close(&self->bus); /* waits for a transaction in flight */
+    Py_END_ALLOW_THREADS if (rc == -EBUSY) {
         PyErr_SetString(PyExc_RuntimeError, "stop the ControlLoop using this bus before closing it");
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS pthread_mutex_lock(&self->bus.lock);
-    pthread_mutex_unlock(&self->bus.lock);
-    fe_bus_close(&self->bus);
-    Py_END_ALLOW_THREADS self->is_open = 0;
+    self->is_open = 0;
     Py_RETURN_NONE;
 }
 
 static void Bus_dealloc(BusObject *self) {
-    if (self->is_open && atomic_load(&self->bus.loops) == 0) fe_bus_close(&self->bus);
+    if (self->initialized) fe_bus_free(&self->bus); /* no loop is left: each holds a reference */
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -379,10 +416,12 @@ static PyObject *Bus_ping(BusObject *self, PyObject *args) {
     uint8_t id, err1 = 0, err2 = 0, model[2], dummy;
     if (check_open(self) < 0 || !PyArg_ParseTuple(args, "O", &id_obj) || get_id(id_obj, &id, 0) < 0) return NULL;
     int rc = transact(self, id, FE_PING, NULL, 0, &dummy, 0, &err1);
-    if (rc != FE_OK) return raise_bus(self, rc, id, FE_PING, -1);
+    /* A lone copy of the PING is an echo, or the reply of a servo with ERR=0x01: the READ below decides. */
+    if (rc != FE_OK && rc != FE_EECHO) return raise_bus(self, rc, id, FE_PING, -1);
     uint8_t params[2] = {3, 2};
-    rc = transact(self, id, FE_READ, params, 2, model, 2, &err2);
-    if (rc != FE_OK) return raise_bus(self, rc, id, FE_READ, 3);
+    int rc_read = transact(self, id, FE_READ, params, 2, model, 2, &err2);
+    if (rc_read != FE_OK && rc == FE_EECHO) return raise_bus(self, rc, id, FE_PING, -1); /* absent: its echo */
+    if (rc_read != FE_OK) return raise_bus(self, rc_read, id, FE_READ, 3);
     return Py_BuildValue("(ii)", model[0] | (model[1] << 8), err1 | err2);
 }
 
@@ -677,28 +716,56 @@ typedef struct {
 } LoopObject;
 
 static int get_int_list(PyObject *seq, const char *what, int32_t *out, Py_ssize_t n) {
-    PyObject *fast = PySequence_Fast(seq, "expected a sequence of ints");
-    if (!fast) return -1;
-    if (PySequence_Fast_GET_SIZE(fast) != n) {
-        PyErr_Format(PyExc_ValueError, "%s has %zd entries, expected %zd (one per id)", what,
-                     PySequence_Fast_GET_SIZE(fast), n);
-        Py_DECREF(fast);
+    PyObject *items = tuple_of(seq, what);
+    if (!items) return -1;
+    int rc = 0;
+    if (PyTuple_GET_SIZE(items) != n) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd entries, expected %zd (one per id)", what, PyTuple_GET_SIZE(items),
+                     n);
+        rc = -1;
+    }
+    for (Py_ssize_t i = 0; rc == 0 && i < n; i++) {
+        long v = PyLong_AsLong(PyTuple_GET_ITEM(items, i));
+        if (v == -1 && PyErr_Occurred()) {
+            rc = -1;
+        } else if (v < -32767 || v > 32767) {
+            PyErr_Format(PyExc_ValueError, "%s[%zd] = %ld outside the 16-bit sign-magnitude range", what, i, v);
+            rc = -1;
+        } else {
+            out[i] = (int32_t)v;
+        }
+    }
+    Py_DECREF(items);
+    return rc;
+}
+
+/* Per-id limits: lower <= upper, max_step in 1..32767. */
+static int check_limits(const int32_t *lower, const int32_t *upper, const int32_t *step, Py_ssize_t n) {
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (lower[k] > upper[k]) {
+            PyErr_Format(PyExc_ValueError, "lower[%zd] = %d > upper[%zd] = %d", k, lower[k], k, upper[k]);
+            return -1;
+        }
+        if (step[k] <= 0) {
+            PyErr_Format(PyExc_ValueError, "max_step[%zd] = %d must be in 1..32767", k, step[k]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int check_loop_numbers(double loop_rate, double action_rate, int read_addr, int write_addr, int max_missed,
+                              int fault_mask, int rt_priority, Py_ssize_t capacity) {
+    if (check_float(loop_rate, "loop_rate_hz", 1.0, 10000.0, 0) < 0 ||
+        check_float(action_rate, "action_rate_hz", 0.0, 10000.0, 1) < 0 ||
+        check_int(read_addr, "read_addr", 0, 255) < 0 || check_int(write_addr, "write_addr", 0, 255) < 0 ||
+        check_int(max_missed, "max_missed_cycles", 0, 1000000) < 0 || check_int(fault_mask, "fault_mask", 0, 255) < 0 ||
+        check_int(rt_priority, "rt_priority", 0, 99) < 0)
+        return -1;
+    if (capacity < 16 || capacity > 1 << 20) {
+        PyErr_Format(PyExc_ValueError, "record_capacity must be in 16..%d, got %zd", 1 << 20, capacity);
         return -1;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (v == -1 && PyErr_Occurred()) {
-            Py_DECREF(fast);
-            return -1;
-        }
-        if (v < -32767 || v > 32767) {
-            PyErr_Format(PyExc_ValueError, "%s[%zd] = %ld outside the 16-bit sign-magnitude range", what, i, v);
-            Py_DECREF(fast);
-            return -1;
-        }
-        out[i] = (int32_t)v;
-    }
-    Py_DECREF(fast);
     return 0;
 }
 
@@ -716,37 +783,20 @@ static int Loop_init(LoopObject *self, PyObject *args, PyObject *kwargs) {
                                      &loop_rate, &action_rate, &lower_obj, &upper_obj, &step_obj, &read_addr,
                                      &write_addr, &max_missed, &fault_mask, &rt_priority, &capacity))
         return -1;
+    uint8_t ids[FE_MAX_SERVOS];
+    int32_t lower[FE_MAX_SERVOS], upper[FE_MAX_SERVOS], step[FE_MAX_SERVOS];
+    Py_ssize_t n = get_ids(ids_obj, ids, FE_MAX_SERVOS);
+    if (n < 0 || get_int_list(lower_obj, "lower", lower, n) < 0 || get_int_list(upper_obj, "upper", upper, n) < 0 ||
+        get_int_list(step_obj, "max_step", step, n) < 0 || check_limits(lower, upper, step, n) < 0 ||
+        check_loop_numbers(loop_rate, action_rate, read_addr, write_addr, max_missed, fault_mask, rt_priority,
+                           capacity) < 0)
+        return -1;
+    /* Checked after the lists: their items' __index__ may have run Python code (even this __init__). */
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "ControlLoop already initialised");
         return -1;
     }
     if (check_open((BusObject *)bus_obj) < 0) return -1;
-    uint8_t ids[FE_MAX_SERVOS];
-    int32_t lower[FE_MAX_SERVOS], upper[FE_MAX_SERVOS], step[FE_MAX_SERVOS];
-    Py_ssize_t n = get_ids(ids_obj, ids, FE_MAX_SERVOS);
-    if (n < 0) return -1;
-    if (get_int_list(lower_obj, "lower", lower, n) < 0 || get_int_list(upper_obj, "upper", upper, n) < 0 ||
-        get_int_list(step_obj, "max_step", step, n) < 0)
-        return -1;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        if (lower[k] > upper[k]) {
-            PyErr_Format(PyExc_ValueError, "lower[%zd] = %d > upper[%zd] = %d", k, lower[k], k, upper[k]);
-            return -1;
-        }
-        if (step[k] <= 0) {
-            PyErr_Format(PyExc_ValueError, "max_step[%zd] = %d must be > 0", k, step[k]);
-            return -1;
-        }
-    }
-    if (!(loop_rate > 0 && loop_rate <= 10000) || !(action_rate > 0)) {
-        PyErr_SetString(PyExc_ValueError, "loop_rate_hz must be in (0, 10000] and action_rate_hz > 0");
-        return -1;
-    }
-    if (read_addr < 0 || read_addr > 255 || write_addr < 0 || write_addr > 255 || max_missed < 0 ||
-        fault_mask < 0 || fault_mask > 255 || capacity < 16) {
-        PyErr_SetString(PyExc_ValueError, "bad read_addr/write_addr/max_missed_cycles/fault_mask/record_capacity");
-        return -1;
-    }
     if (fe_loop_init(&self->loop, &((BusObject *)bus_obj)->bus, ids, (int)n, loop_rate, action_rate, lower, upper,
                      step, (uint8_t)read_addr, (uint8_t)write_addr, max_missed, (uint8_t)fault_mask, rt_priority,
                      (size_t)capacity) < 0) {
@@ -780,17 +830,18 @@ static PyObject *Loop_start(LoopObject *self, PyObject *unused) {
     if (check_loop(self) < 0 || check_open(self->bus) < 0) return NULL;
     char err[320];
     int rc;
-    Py_BEGIN_ALLOW_THREADS fe_loop_stop(&self->loop); /* reap a thread that stopped on a fault */
-    rc = fe_loop_start(&self->loop, err, sizeof err);
-    Py_END_ALLOW_THREADS if (rc == FE_ETIMEOUT) {
+    Py_BEGIN_ALLOW_THREADS rc = fe_loop_start(&self->loop, err, sizeof err);
+    Py_END_ALLOW_THREADS if (rc == 0) Py_RETURN_NONE;
+    if (rc == FE_ETIMEOUT) {
         PyErr_SetString(BusTimeoutError, err);
-        return NULL;
+    } else if (rc == -EBUSY) {
+        PyErr_SetString(PyExc_RuntimeError, err);
+    } else {
+        PyObject *exc_args = Py_BuildValue("(is)", -rc, err);
+        if (exc_args) PyErr_SetObject(BusError, exc_args);
+        Py_XDECREF(exc_args);
     }
-    if (rc != 0) {
-        PyErr_SetString(rc == -EBUSY ? PyExc_RuntimeError : BusError, err);
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return NULL;
 }
 
 static PyObject *Loop_stop(LoopObject *self, PyObject *unused) {
@@ -807,6 +858,29 @@ static PyObject *Loop_hold(LoopObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+#define MAX_CHUNK_ROWS 1000000
+#define MAX_T0_NS (1LL << 62) /* ~146 years of CLOCK_MONOTONIC */
+
+/* goals: n_rows rows of K ints -> a PyMem_Malloc'ed array (NULL with an exception set). */
+static int32_t *get_chunk(PyObject *goals, Py_ssize_t K, Py_ssize_t *n_rows) {
+    PyObject *rows = tuple_of(goals, "goals");
+    if (!rows) return NULL;
+    *n_rows = PyTuple_GET_SIZE(rows);
+    int32_t *flat = NULL;
+    if (*n_rows < 1 || *n_rows > MAX_CHUNK_ROWS)
+        PyErr_Format(PyExc_ValueError, "a chunk needs 1..%d rows, got %zd", MAX_CHUNK_ROWS, *n_rows);
+    else if (!(flat = PyMem_Malloc(sizeof(int32_t) * (size_t)*n_rows * (size_t)K)))
+        PyErr_NoMemory();
+    for (Py_ssize_t r = 0; flat && r < *n_rows; r++) {
+        if (get_int_list(PyTuple_GET_ITEM(rows, r), "goal row", flat + r * K, K) < 0) {
+            PyMem_Free(flat);
+            flat = NULL;
+        }
+    }
+    Py_DECREF(rows);
+    return flat;
+}
+
 static PyObject *Loop_submit_chunk(LoopObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"t0_ns", "goals", "chunk_id", NULL};
     long long t0, chunk_id;
@@ -814,26 +888,12 @@ static PyObject *Loop_submit_chunk(LoopObject *self, PyObject *args, PyObject *k
     if (check_loop(self) < 0 ||
         !PyArg_ParseTupleAndKeywords(args, kwargs, "LOL", kwlist, &t0, &goals, &chunk_id))
         return NULL;
-    PyObject *rows = PySequence_Fast(goals, "goals must be a sequence of rows");
-    if (!rows) return NULL;
-    Py_ssize_t n_rows = PySequence_Fast_GET_SIZE(rows), K = self->loop.n_ids;
-    if (n_rows < 1 || n_rows > 1000000) {
-        Py_DECREF(rows);
-        return PyErr_Format(PyExc_ValueError, "a chunk needs at least one row, got %zd", n_rows);
-    }
-    int32_t *flat = PyMem_Malloc(sizeof(int32_t) * (size_t)(n_rows * K));
-    if (!flat) {
-        Py_DECREF(rows);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t r = 0; r < n_rows; r++) {
-        if (get_int_list(PySequence_Fast_GET_ITEM(rows, r), "goal row", flat + r * K, K) < 0) {
-            PyMem_Free(flat);
-            Py_DECREF(rows);
-            return NULL;
-        }
-    }
-    Py_DECREF(rows);
+    if (t0 < 0 || t0 > MAX_T0_NS)
+        return PyErr_Format(PyExc_ValueError, "t0_ns must be in 0..%lld (CLOCK_MONOTONIC ns), got %lld", MAX_T0_NS,
+                            t0);
+    Py_ssize_t n_rows;
+    int32_t *flat = get_chunk(goals, self->loop.n_ids, &n_rows);
+    if (!flat) return NULL;
     int rc = fe_loop_submit(&self->loop, (int64_t)t0, flat, (int)n_rows, (int64_t)chunk_id);
     PyMem_Free(flat);
     if (rc < 0) return PyErr_NoMemory();
@@ -895,10 +955,16 @@ static PyObject *Loop_status(LoopObject *self, PyObject *unused) {
 }
 
 static PyObject *Loop_drain_records(LoopObject *self, PyObject *args) {
-    Py_ssize_t max_records = -1;
-    if (check_loop(self) < 0 || !PyArg_ParseTuple(args, "|n", &max_records)) return NULL;
+    PyObject *max_obj = Py_None;
+    if (check_loop(self) < 0 || !PyArg_ParseTuple(args, "|O", &max_obj)) return NULL;
     size_t cap = self->loop.ring_capacity;
-    if (max_records >= 0 && (size_t)max_records < cap) cap = (size_t)max_records;
+    if (max_obj != Py_None) {
+        Py_ssize_t max_records = PyNumber_AsSsize_t(max_obj, PyExc_OverflowError);
+        if (max_records == -1 && PyErr_Occurred()) return NULL;
+        if (max_records < 0)
+            return PyErr_Format(PyExc_ValueError, "max_records must be None or >= 0, got %zd", max_records);
+        if ((size_t)max_records < cap) cap = (size_t)max_records;
+    }
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(cap * self->loop.record_size));
     if (!out) return NULL;
     size_t n = fe_loop_drain(&self->loop, (uint8_t *)PyBytes_AS_STRING(out), cap);

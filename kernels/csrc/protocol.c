@@ -58,34 +58,37 @@ int32_t fe_decode_sign_magnitude(uint32_t raw, int sign_bit) {
     return (raw >> sign_bit) & 1u ? -magnitude : magnitude;
 }
 
-int fe_parse_status(const uint8_t *buf, size_t n, fe_status *status, size_t *consumed, uint8_t *bad_id) {
+/* Could a status packet (with LEN expect_len, if known) start at h[0..5)? The SDK's plausibility rules
+ * plus the STS ERR bits; anything else is garbage or one of our own requests coming back. */
+static int plausible_header(const uint8_t *h, size_t expect_len) {
+    uint8_t id = h[2], len = h[3], err = h[4];
+    if (h[0] != 0xFF || h[1] != 0xFF || id > FE_MAX_ID || (err & ~FE_ERR_VALID)) return 0;
+    if (expect_len) return len == expect_len;
+    return len >= 2 && (size_t)len + 4 <= FE_MAX_PACKET;
+}
+
+int fe_parse_status(const uint8_t *buf, size_t n, size_t expect_len, fe_status *status, size_t *consumed,
+                    uint8_t *bad_id) {
     size_t i = 0;
-    while (i + 1 < n) {
-        if (buf[i] != 0xFF || buf[i + 1] != 0xFF) {
-            i++;
-            continue;
-        }
+    for (; i + 1 < n; i++) {
+        if (buf[i] != 0xFF || buf[i + 1] != 0xFF) continue;
         if (i + 5 > n) break; /* need FF FF id len err */
-        uint8_t id = buf[i + 2], len = buf[i + 3], err = buf[i + 4];
-        /* The same plausibility rules as the SDK: anything else is garbage or an echoed request. */
-        if (id > FE_MAX_ID || len < 2 || (size_t)len + 4 > FE_MAX_PACKET || err > 0x7F) {
-            i++;
-            continue;
-        }
-        size_t total = (size_t)len + 4;
+        if (!plausible_header(buf + i, expect_len)) continue;
+        size_t total = (size_t)buf[i + 3] + 4;
         if (i + total > n) break;
         if (fe_checksum(buf + i + 2, total - 3) != buf[i + total - 1]) {
             *consumed = i + 1;
-            *bad_id = id;
+            *bad_id = buf[i + 2];
             return FE_PARSE_BAD_CHECKSUM;
         }
-        status->id = id;
-        status->error = err;
-        status->n_data = (uint8_t)(len - 2);
+        status->id = buf[i + 2];
+        status->error = buf[i + 4];
+        status->n_data = (uint8_t)(total - 6);
         status->data = buf + i + 5;
         *consumed = i + total;
         return FE_PARSE_PACKET;
     }
+    if (i + 1 == n && buf[i] != 0xFF) i = n; /* a last byte that cannot start a header */
     *consumed = i; /* garbage before a possible partial header */
     return FE_PARSE_NEED_MORE;
 }

@@ -9,7 +9,7 @@
 int fe_serial_set_custom_baud(int fd, int baud) {
     struct termios2 tio;
     if (ioctl(fd, TCGETS2, &tio) != 0) return -errno;
-    tio.c_cflag &= ~CBAUD;
+    tio.c_cflag &= ~(tcflag_t)CBAUD;
     tio.c_cflag |= BOTHER;
     tio.c_ispeed = (speed_t)baud;
     tio.c_ospeed = (speed_t)baud;
