@@ -1,4 +1,5 @@
-"""Timing, statistics, the conditions of a run, and the table / CSV / JSON / PNG writers of bench and profile.
+"""Timing, statistics, the conditions of a run, and the table / CSV / JSON writers of bench and profile
+(their PNGs: figures.py).
 
 Timing: CUDA events on the current stream around each call on a GPU (then one synchronize), perf_counter
 on the CPU (calls are synchronous there). Warm-up calls are run and discarded first.
@@ -19,8 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from rynn_edge.runtime.errors import UserError
 
 
 def time_calls(fn: Callable[[], object], runs: int, warmup: int, device: str = "cpu") -> list[float]:
@@ -148,13 +147,6 @@ def write_json(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=1) + "\n")
 
 
-def save_figure(fig, path: Path) -> None:
-    """Tight layout, a small PNG (72 dpi: these are committed), figure closed."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    pyplot().close(fig)
-
-
 def write_outputs(
     result: dict[str, Any],
     out: Path,
@@ -177,18 +169,6 @@ def write_outputs(
     if as_json:
         print(json.dumps(result))
     return as_json
-
-
-def pyplot():
-    """matplotlib.pyplot with a headless backend, or a UserError saying how to install it."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise UserError("plots need matplotlib: pip install 'rynn-edge[plot]' (or pass --no-plot)") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def set_threads(threads: int | None) -> None:

@@ -201,7 +201,8 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    from rynn_edge.runtime.bench.timing import pyplot, save_figure, where
+    from rynn_edge.runtime.bench.figures import pyplot, save_figure
+    from rynn_edge.runtime.bench.timing import where
 
     plt = pyplot()
     fig, (ax_lat, ax_rate) = plt.subplots(1, 2, figsize=(11, 4.2))

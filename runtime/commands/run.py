@@ -19,6 +19,18 @@ def _pose(text: str) -> list[float]:
     return values
 
 
+def _remaining(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"K must be >= 1, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from rynn_edge.runtime.robot.report import EXIT_CODES_HELP
 
@@ -62,10 +74,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--async-remaining",
-        type=int,
-        default=8,
+        type=_remaining,
+        default=None,
         metavar="K",
-        help="async: query the next chunk when K actions remain (default 8)",
+        help="async: query the next chunk when K actions remain (default auto: from the measured "
+        "inference latency, ceil((1.2 x p90 of the last 20 + switch overhead) x rate), at most T-1)",
+    )
+    parser.add_argument(
+        "--extra-latency",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="add MS to every inference (a sleep in the policy worker): rehearse a slower model or "
+        "device against the simulator",
     )
     parser.add_argument(
         "--rate", type=float, default=30.0, help="action rate of the dataset, Hz (default 30)"
@@ -133,6 +154,7 @@ def config_from_args(args: argparse.Namespace):
         instruction=args.instruction,
         chunk_policy=args.chunk_policy,
         async_remaining=args.async_remaining,
+        extra_latency_s=args.extra_latency / 1e3,
         rate_hz=args.rate,
         loop_rate_hz=args.loop_rate,
         duration_s=args.duration,
