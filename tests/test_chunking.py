@@ -132,6 +132,7 @@ def test_steady_state_models():
     assert held == pytest.approx(0.3 - 2 / f) and interval == pytest.approx((T - 2) / f)
     held, interval = async_steady_state(T, T - 1, 0.5, f)  # compute-bound: L > T / 2f
     assert interval == 0.5 and held == pytest.approx(2 * 0.5 - T / f)
+    assert async_steady_state(T, T - 1, 1.0, f) == (1.0, 1.0)  # L >= T / f: stale on arrival, always held
     assert full_steady_state(T, 0.5, f) == (0.5, pytest.approx(T / f + 0.5))
 
 

@@ -21,13 +21,15 @@ def default_workdir() -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from rynn_edge.runtime.commands.run import add_chunk_arguments
+
     parser.add_argument(
         "--workdir",
         type=Path,
         help=f"cache for the tiny checkpoint and outputs (default {default_workdir()})",
     )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds to run (default 5)")
-    parser.add_argument("--chunk-policy", choices=("full", "async"), default="full")
+    add_chunk_arguments(parser)
     parser.add_argument("--loop-rate", type=float, default=100.0, help="servo loop rate, Hz (default 100)")
     parser.add_argument("--instruction", default=DEFAULT_INSTRUCTION)
     parser.add_argument(
@@ -54,6 +56,7 @@ def tiny_bundle(workdir: Path) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rynn_edge.runtime.commands.run import chunk_options
     from rynn_edge.runtime.robot import control, so100
     from rynn_edge.runtime.robot.calibration import save_calibration
     from rynn_edge.runtime.robot.report import print_outcome
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             calibration=str(calibration),
             cameras=[("front", "synthetic"), ("wrist", "synthetic")],
             instruction=args.instruction,
-            chunk_policy=args.chunk_policy,
+            **chunk_options(args),
             loop_rate_hz=args.loop_rate,
             duration_s=args.duration,
             episode_log=str(episode_log),

@@ -54,9 +54,10 @@ def auto_remaining(
 def async_steady_state(horizon: int, remaining: int, latency_s: float, rate_hz: float) -> tuple[float, float]:
     """(seconds held, seconds between queries) per re-plan of `async` in steady state, one inference in
     flight: a query starts when `remaining` rows are left or when the previous chunk arrives, whichever
-    is later; the chunk covers its observation time + horizon / rate; the arm holds past that."""
+    is later; the chunk covers its observation time + horizon / rate; the arm holds past that (all the
+    time once latency >= horizon / rate: every row is stale on arrival)."""
     interval = max(latency_s, (horizon - remaining) / rate_hz)
-    return max(0.0, interval + latency_s - horizon / rate_hz), interval
+    return min(interval, max(0.0, interval + latency_s - horizon / rate_hz)), interval
 
 
 def full_steady_state(horizon: int, latency_s: float, rate_hz: float) -> tuple[float, float]:
