@@ -114,6 +114,12 @@ def test_live_trace_and_log_give_equal_metrics(log_path):
     assert set(METRIC_KEYS) == set(episode_metrics(live))
 
 
+def test_a_run_that_never_reached_the_loop_has_empty_metrics():
+    m = episode_metrics(EpisodeTrace())  # e.g. a servo silent during setup: the summary still comes
+    assert m["starvation"]["cycles"] == 0 and m["starvation"]["held_fraction"] is None
+    assert m["seams"]["switches"] == 0 and m["inference_budget"]["latency_ms"]["p50"] is None
+
+
 def test_plot_draws_every_panel_and_event(log_path):
     trace = load_trace(log_path)
     fig = draw(trace)
