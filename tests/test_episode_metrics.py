@@ -64,7 +64,8 @@ def records() -> list[tuple[str, dict]]:
             if cycle == 27:
                 out.append(("chunk", {"chunk_id": 2, "t_ns": 0, "switch_ns": 0, "latency_s": 0.09}))
             if cycle % 10 == 0:
-                out.append(("bus", {"t_ns": cycle * PERIOD_NS, "timeouts": cycle // 10, "checksum_errors": 0}))
+                bus = {"t_ns": cycle * PERIOD_NS, "timeouts": cycle // 10, "checksum_errors": 0}
+                out.append(("bus", bus))
     out.append(("end", {"exit_reason": "completed", "exit_code": 0}))
     return out
 
@@ -88,7 +89,7 @@ def test_metrics_of_a_known_episode(log_path):
         "stop_cycles": 3,
     }
     seams = m["seams"]
-    assert seams["switches"] == 1 and seams["slew_limited_switches"] == 1 and seams["slew_limited_cycles"] == 1
+    assert (seams["switches"], seams["slew_limited_switches"], seams["slew_limited_cycles"]) == (1, 1, 1)
     pan = seams["per_joint"]["shoulder_pan"]["velocity_jump"]
     # Inside a chunk the goal moves +1 per cycle: no velocity change at all. At the switch the goal had been
     # held (v = 0), then steps 5 units in one cycle: |dv| = 5 x 100 units/s, then back to +1/cycle.

@@ -52,7 +52,8 @@ def test_summary_metrics_equal_those_recomputed_from_the_log(runs, capsys):
         assert {k: result.summary[k] for k in METRIC_KEYS} == recomputed
         assert {k: result.log[-1][k] for k in METRIC_KEYS} == recomputed  # the log's own end record
         assert main(["plot", str(log), "--summary", "--json"]) == 0
-        assert {k: v for k, v in json.loads(capsys.readouterr().out).items() if k in METRIC_KEYS} == recomputed
+        printed = json.loads(capsys.readouterr().out)
+        assert {k: printed[k] for k in METRIC_KEYS} == recomputed
 
 
 def test_both_logs_plot_with_their_holds(runs, capsys):

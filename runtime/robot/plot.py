@@ -99,9 +99,7 @@ def draw(
     marks = len(switches) <= MAX_MARKS and len(queries) <= MAX_MARKS
 
     rows = len(chosen) + 3
-    fig, axes = plt.subplots(
-        rows, 1, sharex=True, figsize=(width_px / 72, 1.55 * rows + 0.6)
-    )
+    fig, axes = plt.subplots(rows, 1, sharex=True, figsize=(width_px / 72, 1.55 * rows + 0.6))
     for ax in axes:
         ax.broken_barh(
             apart, (0, 1), transform=ax.get_xaxis_transform(), color=STOP_COLOR, alpha=0.25, gid="apart"
@@ -146,7 +144,8 @@ def draw(
     if marks:
         first_handles.append(plt.Line2D([], [], color="0.3", lw=0.6, ls="--", label="chunk switch"))
     axes[0].legend(handles=first_handles + handles, fontsize=7, loc="upper left", ncol=5, framealpha=0.8)
-    note = "" if marks else f" (switches/queries not marked: {len(switches)} in view; zoom with --from/--to)"
+    many = max(len(switches), len(queries))
+    note = "" if marks else f" (switches and queries not marked: {many} in view; zoom with --from/--to)"
     fig.suptitle((title + note).strip(), fontsize=10)
     return fig
 
