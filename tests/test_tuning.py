@@ -2,9 +2,11 @@
 deliberately slow policy (--extra-latency), once with a fixed K too small for it and once with the default
 (auto K); the summaries' seam and starvation metrics, recomputed from the episode logs, and both logs plotted.
 
-The action rate is 5 Hz so that the tiny model's own latency on a loaded 2-core CI box (up to ~1 s) stays
-well inside what a 20-action chunk can absorb (T / 2f = 2 s): auto K must then never hold, while K = 1
-(200 ms minus the switch overhead) always does, with 300 ms added to every inference."""
+The action rate is 4 Hz so that the tiny model's own latency on a loaded 2-core CI box (1-2 s) stays
+inside what a 20-action chunk can absorb (T / 2f = 2.5 s): auto K must then never hold, while K = 1
+(250 ms minus the switch overhead) always does, with 300 ms added to every inference. The bus is not
+under test here: a simulator starved by other work on the box must not end the run (a loose
+--max-missed-cycles, a slow loop, one torch thread)."""
 
 from __future__ import annotations
 
@@ -19,15 +21,19 @@ from rynn_edge.runtime.cli import main
 from rynn_edge.runtime.robot.episode_metrics import METRIC_KEYS, episode_metrics, load_trace
 from rynn_edge.runtime.robot.plot import draw
 
-SLOW = ("--chunk-policy", "async", "--rate", "5", "--extra-latency", "300", "--max-missed-cycles", "100")
+SLOW = ("--chunk-policy", "async", "--rate", "4", "--extra-latency", "300")
+CALM_BUS = ("--loop-rate", "25", "--max-missed-cycles", "1000")
 
 
 @pytest.fixture(scope="module")
 def runs(so100_bundle, tmp_path_factory):
     out = {}
-    for name, extra in (("fixed", ("--async-remaining", "1")), ("auto", ())):
-        folder = tmp_path_factory.mktemp(name)
-        out[name] = (run_against_sim(so100_bundle, folder, duration=8.0, extra=SLOW + extra), folder)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMP_NUM_THREADS", "1")  # torch in the run leaves the simulator a core
+        for name, extra in (("fixed", ("--async-remaining", "1")), ("auto", ())):
+            folder = tmp_path_factory.mktemp(name)
+            run = run_against_sim(so100_bundle, folder, duration=8.0, extra=SLOW + CALM_BUS + extra)
+            out[name] = (run, folder)
     return out
 
 
@@ -38,7 +44,7 @@ def test_fixed_k_starves_and_latency_aware_k_does_not(runs):
         assert r.summary["inference_latency_ms"]["p50"] >= 300  # the added latency is inside the measurement
     f, a = fixed.summary, auto.summary
     assert f["replanning"]["async_remaining"] == 1 and f["replanning"]["remaining_used"]["max"] == 1
-    assert f["starvation"]["held_cycles"] > 0 and f["starvation"]["held_fraction"] > 0.03, f["starvation"]
+    assert f["starvation"]["held_cycles"] >= 3 and f["starvation"]["held_fraction"] > 0.01, f["starvation"]
     assert f["inference_budget"]["late"] >= 1
     assert a["replanning"]["async_remaining"] == "auto" and a["replanning"]["remaining_used"]["min"] > 1
     assert a["starvation"]["held_fraction"] <= 0.01, a["starvation"]
