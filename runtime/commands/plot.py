@@ -80,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
             )
         except ValueError as err:
             raise UserError(str(err)) from None
-        save_figure(fig, figure)
+        try:
+            save_figure(fig, figure)
+        except OSError as err:
+            raise UserError(f"cannot write the figure {figure}: {err.strerror or err}") from None
     if args.json:
         print(json.dumps({"episode_log": str(path), "figure": figure and str(figure), **metrics}))
         return 0
