@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard kernels/csrc/*.c kernels/
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,onnx,export,trt-check,camera,plot,sdk]"
+	$(PY) -m pip install -q -e ".[dev,onnx,export,trt-check,camera,plot,sdk,serve]"
 	touch $@
 
 setup: $(VENV)/.installed

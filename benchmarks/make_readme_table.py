@@ -237,11 +237,53 @@ def readme_block() -> str:
     return "\n\n".join([BEGIN, *body, section, END])
 
 
+PRECISION_BEGIN, PRECISION_END = "<!-- precision:begin -->", "<!-- precision:end -->"
+PRECISION_METRICS = {
+    "hidden_cosine_min": "hidden cos (worst pos.)",
+    "hidden_cosine_mean": "hidden cos (mean)",
+    "action_max_abs_error": "action max-abs err",
+    "token_agreement_pct": "token agree %",
+}
+
+
+def precision_block() -> str:
+    """The accuracy gates on the outlier stress checkpoint (benchmarks/precision_gates.py)."""
+    path = RESULTS / "precision_outliers" / "precision.json"
+    if not path.is_file():
+        return "\n\n".join([PRECISION_BEGIN, "No recorded precision run yet.", PRECISION_END])
+    result = json.loads(path.read_text())
+    rows = []
+    for run in result["runs"]:
+        row = {"precision": run["precision"], "method": run["method"]}
+        for metric, header in PRECISION_METRICS.items():
+            entry = run.get("metrics", {}).get(metric)
+            if entry is not None:
+                limit = "" if entry.get("threshold") is None else f" ({entry['threshold']:g})"
+                row[header] = f"{fmt(entry['value'])}{limit}"
+        row["kept float"] = ", ".join(k.removeprefix("layers.") for k in run.get("kept", [])) or "–"
+        refused = run.get("refused", "")
+        if "would overflow" in refused:
+            refused = "refused: fp16 overflow, " + refused.split("queries ", 1)[1].split(" (fp16", 1)[0]
+        row["verdict"] = refused or ("pass" if run.get("passed") else "FAIL")
+        rows.append(row)
+    columns = {k: k for k in ["precision", "method", *PRECISION_METRICS.values(), "kept float", "verdict"]}
+    note = (
+        f"Recorded {result['environment']['date']} on {result['checkpoint']}, worst of "
+        f"{result['queries']['held_out']} held-out queries ({result['queries']['calibration']} calibrate); "
+        f"thresholds in parentheses. Reproduce: `{result['script']}`."
+    )
+    return "\n\n".join([PRECISION_BEGIN, note, table(rows, columns), PRECISION_END])
+
+
 def updated_readme(text: str) -> str:
     if BEGIN not in text:
         text = text.rstrip("\n") + f"\n\n## Benchmarks\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
-    return head + readme_block() + rest.split(END, 1)[1]
+    text = head + readme_block() + rest.split(END, 1)[1]
+    if PRECISION_BEGIN in text:
+        head, rest = text.split(PRECISION_BEGIN, 1)
+        text = head + precision_block() + rest.split(PRECISION_END, 1)[1]
+    return text
 
 
 def main() -> int:

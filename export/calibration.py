@@ -26,7 +26,8 @@ from rynn_edge.runtime.tokens.stats import Stats
 
 DEFAULT_INSTRUCTION = "pick up the red cube and place it in the box"
 DEFAULT_SAMPLES = 6
-HELD_OUT_FRACTION = 0.25
+HELD_OUT_FRACTION = 0.3
+MIN_HELD_OUT = 2
 
 
 @dataclass
@@ -118,8 +119,10 @@ def synthetic(stats: Stats, n_images: int, count: int = DEFAULT_SAMPLES) -> list
 
 
 def split(samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
-    """(calibration, held-out); with a single sample it serves both."""
+    """(calibration, held-out): the last 30% of the queries, at least 2 (from 4 queries on) and never
+    more than half, are held out for the accuracy gate and never calibrate; one sample serves both."""
     if len(samples) == 1:
         return samples, samples
-    held = max(1, int(round(len(samples) * HELD_OUT_FRACTION)))
+    held = max(MIN_HELD_OUT, int(round(len(samples) * HELD_OUT_FRACTION)))
+    held = max(1, min(held, len(samples) // 2))
     return samples[:-held], samples[-held:]

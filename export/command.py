@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 from rynn_edge.export.accuracy import PRECISIONS
+from rynn_edge.runtime.argtypes import output_folder
 from rynn_edge.runtime.backends.artifact import STAGES
 
+METHODS = ("outlier-safe", "plain")  # quantize.METHODS, spelled here so --help imports no torch/onnx
 CALIBRATION_HELP = (
     "recorded queries: DIR/samples.jsonl ({images: [paths], state: [...], instruction}) or a LeRobot-style "
     "episode (DIR/episode.jsonl + DIR/images/<camera>/frame_NNNNNN.png); default: synthetic frames"
@@ -23,9 +25,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vq", type=Path, required=True, help="VQGAN folder (vqgan.yaml, vqgan.ckpt, text_tokenizer.json)"
     )
-    parser.add_argument("-o", "--out", type=Path, required=True, help="artifact folder to write")
+    parser.add_argument("-o", "--out", type=output_folder, required=True, help="artifact folder to write")
     parser.add_argument(
-        "--precision", choices=PRECISIONS, default="fp16", help="backbone precision (default fp16)"
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="backbone precision (default: bf16 for --target tensorrt on Ampere+ GPUs or without a GPU here, "
+        "fp16 for onnxruntime, whose CPU provider has no bf16 kernels). fp16 is refused when calibration "
+        "activations come near its 65504 maximum",
+    )
+    parser.add_argument(
+        "--quantization",
+        choices=METHODS,
+        default="outlier-safe",
+        help="int8/int4/fp8 method: outlier-safe (Hadamard rotation + per-linear searched smoothing, "
+        "default) or plain (per-tensor round-to-nearest, the baseline)",
+    )
+    parser.add_argument(
+        "--max-fallback",
+        type=float,
+        default=25.0,
+        metavar="PCT",
+        help="keep at most this percent of the backbone linears float (most sensitive first) when a "
+        "quantized export misses its accuracy gate (default 25; 0 disables the fallback)",
     )
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to export")
     parser.add_argument(
@@ -47,6 +69,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--format", choices=("triton",), help="also write an NVIDIA Triton model repository")
     parser.add_argument(
+        "--triton-kind",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="--format triton: instance kind of every model (default auto: GPU where the server has one)",
+    )
+    parser.add_argument(
+        "--triton-platform",
+        choices=("python", "native"),
+        default="python",
+        help="--format triton: stage models on the Python backend (runs on any server, default) or on "
+        "Triton's native onnxruntime/TensorRT backends (NVIDIA's container; copies the backbone weights)",
+    )
+    parser.add_argument(
         "--allow-accuracy-loss", action="store_true", help="warn instead of failing on thresholds"
     )
     parser.add_argument(
@@ -58,6 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timing-cache", type=Path, help="TensorRT timing cache to reuse (default: OUT/timing.cache)"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing artifact at -o")
     parser.add_argument("--json", action="store_true", help="print the manifest's accuracy report as JSON")
 
 
@@ -83,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
             vq=args.vq,
             out=args.out,
             precision=args.precision,
+            quantization=args.quantization,
+            max_fallback_pct=args.max_fallback,
             stages=tuple(args.stages),
             stage_precision=_stage_precision(args.stage_precision),
             target=args.target,
@@ -90,18 +128,25 @@ def run(args: argparse.Namespace) -> int:
             stats=args.stats,
             robot=args.robot,
             triton=args.format == "triton",
+            triton_kind=args.triton_kind,
+            triton_platform=args.triton_platform,
             allow_accuracy_loss=args.allow_accuracy_loss,
             hardware_compatible=args.hardware_compatible,
             version_compatible=args.version_compatible,
             timing_cache=args.timing_cache,
+            overwrite=args.overwrite,
         )
     )
     if args.json:
         print(json.dumps(manifest["accuracy"]))
         return 0
+    from rynn_edge.export.accuracy import table
+
     print(f"wrote {args.out} ({len(manifest['files'])} files, {manifest['export_seconds']} s)")
-    for metric, entry in manifest["accuracy"]["metrics"].items():
-        verdict = "" if "passed" not in entry else ("ok" if entry["passed"] else "FAILED")
-        limit = f" (threshold {entry['threshold']:g})" if "threshold" in entry else ""
-        print(f"  {metric:24s} {entry['value']:.6g}{limit} {verdict}")
+    accuracy = manifest["accuracy"]
+    print(f"accuracy on {accuracy['samples']} held-out queries, worst query ({accuracy['measured_with']}):")
+    print("\n".join(table(manifest["accuracy"]["metrics"])))
+    fallback = manifest.get("quantization", {}).get("fallback", {})
+    if fallback.get("kept"):
+        print(f"  kept float ({fallback['kept_precision']}): {', '.join(fallback['kept'])}")
     return 0

@@ -23,6 +23,7 @@ VQ_SIZES = (256, 512)
 # Longest generation the decode profile covers: one 512-px image (3 + 32*33 + 1 tokens) + separator.
 MAX_NEW_TOKENS = 3 + 32 * 33 + 1 + 1
 WEIGHTS = "backbone.data"  # the backbone graphs' shared external data
+CACHE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def profiles(cfg: ModelConfig, lengths: list[int]) -> dict[str, dict[str, Dim]]:
@@ -78,6 +79,11 @@ def dynamic_axes(spec: dict[str, tuple[list, str]]) -> dict[str, dict[int, str]]
     }
 
 
+def stage_dims(entry: dict[str, Any]) -> dict[str, Dim]:
+    """The dynamic-dim ranges a manifest stage entry records ({dim: [min, opt, max]}) as Dims."""
+    return {name: Dim(name, *values) for name, values in entry["profile"].items()}
+
+
 def trt_profile(
     cfg: ModelConfig, stage: str, dims: dict[str, Dim], size: int = 256
 ) -> tensorrt_build.Profile:
@@ -119,16 +125,21 @@ def stage_entries(
     precisions: dict[str, str],
     dims: dict[str, dict[str, Dim]],
     counts: dict[str, dict[str, int]],
+    floats: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """Per graph: file, precision, float type of its unquantized ops, I/O (the decode cache in that float
+    type), dynamic-dim profile, external data and Q/DQ counts."""
     entries = {}
     for stage, precision in precisions.items():
+        float_type = (floats or {}).get(stage, precision if precision in CACHE_DTYPES else "fp16")
         for name in [f"vq_encoder_{s}" for s in VQ_SIZES] if stage == "vq_encoder" else [stage]:
             size = int(name.rsplit("_", 1)[1]) if stage == "vq_encoder" else 256
             spec = io_spec(cfg, stage, size)
-            cache = "float32" if precision == "fp32" else "float16"
+            cache = CACHE_DTYPES[float_type]
             entries[name] = {
                 "onnx": f"{name}.onnx",
                 "precision": precision,
+                "float_type": float_type,
                 "io": {
                     n: {"shape": shape, "dtype": cache if dt == "cache" else dt}
                     for n, (shape, dt) in spec.items()

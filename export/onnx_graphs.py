@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 import torch
@@ -316,11 +317,18 @@ def attach_weights(model: onnx.ModelProto, stage: str, weights: dict[str, Tensor
     for value in [i for i in model.graph.input if i.name in weights]:
         elem_type = value.type.tensor_type.elem_type
         dtype = helper.tensor_dtype_to_np_dtype(elem_type)
-        array = np.ascontiguousarray(weights[value.name].detach().numpy(), dtype=dtype)
+        array = np.ascontiguousarray(_numpy(weights[value.name].detach()), dtype=dtype)
         tensor = onnx.TensorProto(name=value.name, data_type=elem_type, dims=array.shape)
-        model.graph.initializer.append(file.add(tensor, memoryview(array).cast("B")))
+        model.graph.initializer.append(file.add(tensor, memoryview(array.view(np.uint8)).cast("B")))
         del array
         model.graph.input.remove(value)
+
+
+def _numpy(t: Tensor) -> np.ndarray:
+    """A tensor's values as numpy without a copy where possible (numpy has no bf16: ml_dtypes' view)."""
+    if t.dtype == torch.bfloat16:
+        return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
 
 
 def save_graph(model: onnx.ModelProto, path: Path) -> None:

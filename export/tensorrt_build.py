@@ -35,6 +35,30 @@ def load_tensorrt() -> ModuleType | None:
     return tensorrt
 
 
+BUILD_HINT = (
+    "no TensorRT builder is installed here. On a Jetson: JetPack's python3-libnvinfer (sudo apt install "
+    "python3-libnvinfer); on a desktop GPU: pip install tensorrt-cu13 (or tensorrt-cu12, matching your "
+    "CUDA); for RTX GPUs (also builds ahead of time without a GPU): pip install tensorrt-rtx-cu13-libs "
+    "tensorrt-rtx-cu13-bindings"
+)
+BUILDERS = ("auto", "tensorrt", "tensorrt-rtx")
+
+
+def load_builder(kind: str = "auto") -> ModuleType | None:
+    """TensorRT (preferred under `auto`), or TensorRT-RTX, or None where neither imports."""
+    if kind in ("auto", "tensorrt"):
+        trt = load_tensorrt()
+        if trt is not None:
+            return trt
+    if kind in ("auto", "tensorrt-rtx"):
+        try:
+            import tensorrt_rtx_bindings
+        except (ImportError, OSError):
+            return None
+        return tensorrt_rtx_bindings
+    return None
+
+
 def _logger(trt: ModuleType) -> Any:
     return trt.Logger(trt.Logger.WARNING)
 

@@ -6,11 +6,12 @@ heavy imports (torch, onnxruntime, ...) inside `run`, so `rynn-edge --help` stay
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
+import signal
 import sys
 
+from rynn_edge.runtime.argtypes import ArgumentParser
 from rynn_edge.runtime.errors import UserError
 
 # name -> (module, one-line help)
@@ -39,6 +40,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rynn_edge.runtime.commands.plot",
         "a run's figure and seam / starvation metrics, from its episode log",
     ),
+    "serve": (
+        "rynn_edge.runtime.commands.serve",
+        "serve an artifact on Triton Inference Server, or on LeRobot's async-inference protocol",
+    ),
+    "build": ("rynn_edge.runtime.commands.build", "TensorRT engines from an ONNX artifact, on this machine"),
+    "verify": (
+        "rynn_edge.runtime.commands.verify",
+        "replay an artifact's golden vectors, print its accuracy",
+    ),
 }
 
 
@@ -46,10 +56,8 @@ def _available() -> dict[str, tuple[str, str]]:
     return {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0]) is not None}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rynn-edge", description="Edge runtime for RynnVLA-002 on the SO100 arm."
-    )
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="rynn-edge", description="Edge runtime for RynnVLA-002 on the SO100 arm.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in _available().items():
         module = importlib.import_module(module_name)
@@ -58,13 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    module = importlib.import_module(COMMANDS[args.command][0])
+    # Ctrl-C while torch imports or the model loads must end as exit 130, not a traceback: the
+    # handler is Python's default one, made explicit here in case the caller ignored SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return int(module.run(args) or 0)
-    except UserError as err:
-        print(f"rynn-edge {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:  # argparse: --help (0) or a refused flag (2, already printed)
+            return done.code if isinstance(done.code, int) else 2
+        try:
+            module = importlib.import_module(COMMANDS[args.command][0])
+            return int(module.run(args) or 0)
+        except UserError as err:
+            print(f"rynn-edge {args.command}: error: {err}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
         print("rynn-edge: interrupted", file=sys.stderr)
         return 130

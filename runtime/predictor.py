@@ -7,7 +7,8 @@ runs the networks. It returns arrays (`Prediction`); the CLI turns them into its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,17 +17,18 @@ import numpy as np
 from PIL import Image
 
 from rynn_edge.runtime import decoding
-from rynn_edge.runtime.backends.artifact import Artifact
+from rynn_edge.runtime.backends.artifact import MANIFEST, Artifact
 from rynn_edge.runtime.backends.cuda import CudaBackend
 from rynn_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from rynn_edge.runtime.backends.tensorrt import TensorRTBackend
 from rynn_edge.runtime.backends.torch import TorchBackend
+from rynn_edge.runtime.backends.triton import TritonBackend
 from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.robot.embodiment import Embodiment, embodiment
 from rynn_edge.runtime.tokens import prompt
 from rynn_edge.runtime.tokens.image_layout import ImageLayout
 from rynn_edge.runtime.tokens.images import to_model_input
-from rynn_edge.runtime.tokens.stats import Stats, load_stats
+from rynn_edge.runtime.tokens.stats import Range, Stats, load_stats
 from rynn_edge.runtime.tokens.text import TextTokenizer
 from rynn_edge.runtime.tokens.vocab import ImageVocab
 
@@ -41,6 +43,7 @@ class Backend(Protocol):
     name: str
     time_horizon: int
     action_dim: int
+    max_positions: int  # the model's max_position_embeddings
 
     def vq_encode(self, pixels: np.ndarray) -> np.ndarray: ...
     def actions(self, prompt_ids: Sequence[int]) -> np.ndarray: ...
@@ -62,11 +65,12 @@ class Prediction:
 @dataclass
 class Predictor:
     backend: Backend
-    text: TextTokenizer
-    vocab: ImageVocab
+    text: TextTokenizer | None  # None over a server that runs whole queries (`remote`)
+    vocab: ImageVocab | None
     stats: Stats
     embodiment: Embodiment
     image_size: int = 256
+    truncate_instruction: bool = False  # else a prompt longer than the model's positions is refused
 
     @property
     def robot(self) -> str:
@@ -90,6 +94,11 @@ class Predictor:
                 f"stats {stats or body.name!r} have {len(loaded.action.min)} action dims but the checkpoint "
                 f"has action_dim {backend.action_dim}; pass --stats so100|libero|FILE matching the checkpoint"
             )
+        if loaded.state is not None and loaded.state.dim != body.state_dim:
+            raise UserError(
+                f"stats {stats or body.name!r} have {loaded.state.dim} state dims but a {body.name} state "
+                f'has {body.state_dim}; fix the file\'s "state" ranges or pass the stats of this robot'
+            )
         return cls(
             backend=backend,
             text=TextTokenizer.from_dir(tokenizer_dir),
@@ -97,6 +106,21 @@ class Predictor:
             stats=loaded,
             embodiment=body,
             image_size=image_size,
+        )
+
+    @classmethod
+    def remote(cls, backend: TritonBackend, *, robot: str | None = None) -> Predictor:
+        """Over a server that runs the whole query (tokenizer, tables and stats stay there); the robot
+        side keeps only what it checks and plans with: the embodiment, the stats and the image size."""
+        ranges = {k: Range(np.asarray(v["min"], np.float64), np.asarray(v["max"], np.float64))
+                  for k, v in backend.stats.items()}  # fmt: skip
+        return cls(
+            backend=backend,
+            text=None,
+            vocab=None,
+            stats=Stats(action=ranges["action"], state=ranges.get("state")),
+            embodiment=embodiment(robot or backend.robot, backend.action_dim),
+            image_size=backend.image_size,
         )
 
     def check_inputs(self, images: Sequence[Image.Image | np.ndarray], state: np.ndarray) -> None:
@@ -117,8 +141,37 @@ class Predictor:
     ) -> tuple[list[int], np.ndarray]:
         self.check_inputs(images, state)
         codes = self.encode_images(images)
-        ids = prompt.vla_prompt(self.text, instruction, state, list(codes), self.stats, self.vocab)
+        ids = self.fit(
+            lambda text: prompt.vla_prompt(self.text, text, state, list(codes), self.stats, self.vocab),
+            instruction,
+        )
         return ids, codes
+
+    def fit(self, build: Callable[[str], list[int]], instruction: str) -> list[int]:
+        """`build(instruction)`, refused when longer than the model's positions, or with the instruction
+        cut word by word until it fits when `truncate_instruction` is set (with a warning)."""
+        limit = self.backend.max_positions
+        ids = build(instruction)
+        if len(ids) <= limit:
+            return ids
+        if not self.truncate_instruction:
+            raise UserError(
+                f"the prompt is {len(ids)} tokens but the model has {limit} positions "
+                f"(max_position_embeddings); shorten --instruction ({len(instruction)} characters) or pass "
+                "--truncate-instruction"
+            )
+        words = instruction.split()
+        while len(ids) > limit and words:
+            cut = max(1, len(words) * (len(ids) - limit) // len(ids))
+            words = words[:-cut]
+            ids = build(" ".join(words))
+        if len(ids) > limit:
+            raise UserError(f"even without an instruction the prompt is {len(ids)} tokens (limit {limit})")
+        print(
+            f"rynn-edge: warning: instruction cut to its first {len(words)} words to fit {limit} positions",
+            file=sys.stderr,
+        )
+        return ids
 
     def fused_continuous(
         self, images: Sequence[Image.Image | np.ndarray], state: np.ndarray, instruction: str
@@ -130,7 +183,10 @@ class Predictor:
         grid = self.image_size // 16
         layout = ImageLayout(grid, grid)
         placeholder = [np.zeros(grid * grid, dtype=np.int64)] * len(images)
-        template = prompt.vla_prompt(self.text, instruction, state, placeholder, self.stats, self.vocab)
+        template = self.fit(
+            lambda text: prompt.vla_prompt(self.text, text, state, placeholder, self.stats, self.vocab),
+            instruction,
+        )
         slots = layout.code_positions(template)
         pixels = to_model_input(images, self.image_size).numpy()
         codes, normalized = self.backend.chunk(pixels, template, slots, self.vocab.code_to_id)
@@ -150,6 +206,9 @@ class Predictor:
         """One query. Discrete mode decodes all action blocks as one batch where the backend can
         (identical tokens to sequential greedy decoding); `parallel=False` decodes them one by one."""
         state = np.asarray(state, dtype=np.float64)
+        if hasattr(self.backend, "query"):  # the server checks the inputs and runs everything
+            fields = self.backend.query(images, state, instruction, mode, max_new_tokens, parallel)
+            return Prediction(**fields)
         tokens = None
         if mode == "continuous" and hasattr(self.backend, "chunk"):
             ids, codes, normalized = self.fused_continuous(images, state, instruction)
@@ -185,11 +244,19 @@ def open_predictor(
     image_size: int = 256,
     trust_pickle: bool = False,
     robot: str | None = None,
+    server: str | None = None,
+    server_timeout: float = 30.0,
 ) -> Predictor:
-    """A predictor over a raw checkpoint (needs the tokenizer and vq folders; backends torch, cuda) or
+    """A predictor over a raw checkpoint (needs the tokenizer and vq folders; backends torch, cuda),
     over an exported artifact folder (it carries the tokenizer, token table and stats; backends
-    onnxruntime, tensorrt)."""
+    onnxruntime, tensorrt), or over a Triton server (backend triton, `server` HOST:PORT; `model` names
+    the server's whole-step model, or is an artifact folder for the default `rynn_step`)."""
 
+    if backend == "triton":
+        if not server:
+            raise UserError("--backend triton needs --server HOST:PORT (a `rynn-edge serve` endpoint)")
+        name = "rynn_step" if Path(model).exists() else str(model)
+        return Predictor.remote(TritonBackend(server, name, server_timeout), robot=robot)
     if Artifact.is_artifact(model):
         artifact_backend, artifact = _artifact_backend(model, backend)
         return Predictor.open(
@@ -201,7 +268,11 @@ def open_predictor(
             robot=robot or artifact.manifest.get("model", {}).get("robot"),
         )
     if backend not in ("torch", "cuda"):
-        raise UserError(f"backend {backend!r} needs an exported artifact folder (rynn-edge export)")
+        missing = Path(model) / MANIFEST
+        raise UserError(
+            f"{missing}: not found, so {model} is not an exported artifact, which backend {backend!r} needs; "
+            "make one with rynn-edge export (or use --backend torch|cuda on a raw checkpoint)"
+        )
     for flag, value in (("tokenizer", tokenizer), ("vq", vq)):
         if value is None:
             raise UserError(f"--{flag} DIR is required with a raw checkpoint")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from exporting import calibration_folder, export_bundle
 
-from rynn_edge.export import accuracy, quantize
+from rynn_edge.export import accuracy, quantize, triton
 from rynn_edge.export.tensorrt_build import build_engine, load_tensorrt
 from rynn_edge.runtime.backends.artifact import MANIFEST, Artifact
 from rynn_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
@@ -115,13 +115,28 @@ def test_graphs_are_clean(so100_fp32):
         assert not ops & {"Dropout", "NonZero", "Loop", "If", "ScatterND"}, (name, ops)
 
 
-def test_triton_repository(so100_fp32):
+def test_triton_repository(so100_fp32, tmp_path):
+    """Loading it on the real server: tests/test_serving.py. Here: what a server reads from it."""
     out, manifest = so100_fp32
-    for name in manifest["stages"]:
+    for name, entry in manifest["stages"].items():
         config = (out / "triton" / name / "config.pbtxt").read_text()
-        assert f'name: "{name}"' in config and 'platform: "onnxruntime_onnx"' in config
-        assert (out / "triton" / name / "1" / "model.onnx").is_file()
+        assert f'name: "{name}"' in config and 'backend: "python"' in config and "KIND_AUTO" in config
+        assert f'string_value: "{entry["onnx"]}"' in config  # the graph stays beside its weights
+        assert (out / "triton" / name / "1" / "model.py").is_file()
+    assert not [p for p in (out / "triton").rglob("*") if p.is_symlink()]
     assert 'name: "past_k"' in (out / "triton" / "backbone_decode" / "config.pbtxt").read_text()
+    step = (out / "triton" / "rynn_step" / "config.pbtxt").read_text()
+    assert 'name: "images"' in step and "TYPE_UINT8" in step and 'key: "rynn_edge"' in step
+    assert manifest["triton"]["models"][0] == "rynn_step"
+    # The native layout (NVIDIA's container): each model folder holds its graph and its own weights.
+    copy = tmp_path / "art"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "triton")
+    triton.write_repository(copy, manifest, kind="cpu", platform="native")
+    prefill = copy / "triton" / "backbone_prefill"
+    assert 'platform: "onnxruntime_onnx"' in (prefill / "config.pbtxt").read_text()
+    assert "KIND_CPU" in (prefill / "config.pbtxt").read_text()
+    assert (prefill / "1" / "model.onnx").is_file() and (prefill / "1" / "backbone.data").stat().st_nlink == 1
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
@@ -144,10 +159,15 @@ def test_quantized_export_has_qdq_on_every_backbone_linear(
     layers = manifest["model"]["num_hidden_layers"]
     for stage in ("backbone_prefill", "backbone_decode"):
         counts = manifest["stages"][stage]["quantization"]
-        assert counts["quantized"] == counts["linears"] == 7 * layers
+        kept = frozenset(
+            manifest["quantization"]["fallback"]["kept"]
+        )  # the accuracy fallback's float linears
+        assert counts["linears"] == 7 * layers and counts["quantized"] == 7 * layers - len(kept)
         model = onnx.load(str(out / f"{stage}.onnx"))
         vocab = manifest["model"]["vocab_size"]
-        assert quantize.check_quantized(model, scheme, layers, vocab).quantized == 7 * layers
+        assert quantize.check_quantized(model, scheme, layers, vocab, kept).quantized == 7 * layers - len(
+            kept
+        )
     assert manifest["accuracy"]["passed"], manifest["accuracy"]
     # The accuracy report ran the graphs in onnxruntime-CPU; run them once more through the backend.
     actions = OnnxRuntimeBackend(Artifact.open(out)).actions(list(range(100, 700)))
@@ -240,7 +260,7 @@ def test_tensorrt_rtx_builds_quantized_graphs(tmp_path, so100_fp32, so100_bundle
     shutil.copy(so100_fp32[0] / MANIFEST, out / MANIFEST)
     for stage in stages:
         model = onnx.load(str(so100_fp32[0] / f"{stage}.onnx"))
-        quantize.quantize_backbone(model, backbone, scheme, quantize.Calibration(absmax))
+        quantize.quantize_backbone(model, backbone, scheme, absmax)
         quantize.check_quantized(model, scheme, cfg.num_hidden_layers, cfg.vocab_size)
         onnx.save(model, str(out / f"{stage}.onnx"))
     assert _build(out, tmp_path, stages, "SM89" if scheme == "fp8" else "SM86") == stages

@@ -16,7 +16,7 @@ FOLDERS = {"runtime": "rynn_edge.runtime", "export": "rynn_edge.export", "kernel
 # Lowest first. A module may import its own floor (without cycles) and the floors below, never above.
 FLOORS = [
     ["rynn_edge.kernels"],
-    ["rynn_edge.runtime.errors", "rynn_edge.runtime.__init__"],
+    ["rynn_edge.runtime.errors", "rynn_edge.runtime.argtypes", "rynn_edge.runtime.__init__"],
     [
         "rynn_edge.runtime.model",
         "rynn_edge.runtime.tokens",
@@ -25,14 +25,16 @@ FLOORS = [
         "rynn_edge.runtime.robot.calibration",
         "rynn_edge.runtime.robot.embodiment",
     ],
-    ["rynn_edge.runtime.decoding", "rynn_edge.runtime.backends"],
+    # serving.wire: the whole-step model's tensors, shared by the exporter, the server and the triton backend
+    ["rynn_edge.runtime.decoding", "rynn_edge.runtime.backends", "rynn_edge.runtime.serving.wire"],
     ["rynn_edge.runtime.predictor", "rynn_edge.runtime.tiny"],
-    ["rynn_edge.runtime.robot", "rynn_edge.runtime.bench"],
+    # serving: the server side (Triton models and process, LeRobot endpoint) runs the predictor
+    ["rynn_edge.runtime.robot", "rynn_edge.runtime.bench", "rynn_edge.runtime.serving"],
     ["rynn_edge.runtime.commands", "rynn_edge.export"],
     ["rynn_edge.runtime.cli"],
 ]
-TOP_LEVEL_MODULES = {"__init__", "cli", "errors", "predictor", "decoding"}
-RUNTIME_FOLDERS = {"model", "tokens", "backends", "robot", "sim", "bench", "tiny", "commands"}
+TOP_LEVEL_MODULES = {"__init__", "cli", "errors", "argtypes", "predictor", "decoding"}
+RUNTIME_FOLDERS = {"model", "tokens", "backends", "robot", "sim", "bench", "tiny", "commands", "serving"}
 
 
 def modules() -> dict[str, Path]:

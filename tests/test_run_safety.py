@@ -6,6 +6,8 @@ log is complete and readable."""
 from __future__ import annotations
 
 import json
+import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +19,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from rynn_edge.runtime.robot import so100
 from rynn_edge.runtime.robot.calibration import save_calibration
 from rynn_edge.runtime.robot.episode_log import read_episode
 from rynn_edge.runtime.sim import launch
+from rynn_edge.runtime.tokens.prompt import state_block
+from rynn_edge.runtime.tokens.stats import load_stats
+from rynn_edge.runtime.tokens.vocab import N_BINS, STATE_VALUE_OFFSET
 
 CAMERAS = ("front=synthetic", "wrist=synthetic")
 ALL_IDS = [1, 2, 3, 4, 5, 6]
@@ -45,6 +52,7 @@ def run_against_sim(
     cameras: tuple[str, ...] = CAMERAS,
     extra: tuple[str, ...] = (),
     signal_after_chunks: int | None = None,
+    preexec_fn=None,
 ) -> RunResult:
     """Start `rynn-edge run` first; start the simulator once the model is loaded (--port-wait), so the
     simulator's fault times count from the moment the run reaches the arm."""
@@ -61,7 +69,9 @@ def run_against_sim(
         "--max-missed-cycles", "25",
         *[arg for cam in cameras for arg in ("--camera", cam)], *extra,
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn
+    )
     lines: list[str] = []
     waiting = threading.Event()
 
@@ -235,3 +245,82 @@ def test_exit_codes_are_documented():
         "143 terminated",
     ):
         assert needle in " ".join(out.split()), needle
+
+
+def test_disk_full_during_the_run_still_stops_safely(bundle, tmp_path):
+    """The episode log hits RLIMIT_FSIZE ("File too large") mid-run: log_failed (10), torque off on every
+    servo, and every complete line of the log parses."""
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    r = run_against_sim(bundle, tmp_path, duration=20.0, preexec_fn=small_files)
+    s = r.summary
+    assert (r.code, s["exit_reason"]) == (10, "log_failed"), (s, r.stderr)
+    assert "File too large" in s["message"] and "Traceback" not in r.stderr
+    assert s["torque_off"] == ALL_IDS and all(r.servos[i]["torque"] == 0 for i in ALL_IDS)
+    assert r.log[0]["kind"] == "start" and len(r.log) > 10  # read_episode parsed every complete line
+    assert (tmp_path / "episode.jsonl").stat().st_size <= 60_000
+
+
+def test_async_remaining_not_below_the_chunk_is_refused_before_the_bus(bundle, tmp_path):
+    calibration = tmp_path / "calibration.json"
+    save_calibration(calibration, so100.simulator_calibration())
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "rynn_edge.runtime.cli", "run", str(bundle["model"]),
+            "--tokenizer", str(bundle["tokenizer"]), "--vq", str(bundle["vq"]),
+            "--port", str(tmp_path / "no-such-port"), "--calibration", str(calibration),
+            "--instruction", "x", "--camera", "front=synthetic", "--camera", "wrist=synthetic",
+            "--chunk-policy", "async", "--async-remaining", "20",
+        ],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "--async-remaining 20 must be smaller than the model's chunk length 20" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_during_start_up_exits_130_quietly(bundle, frames):
+    b = bundle
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "rynn_edge.runtime.cli", "predict", str(b["model"]),
+            "--tokenizer", str(b["tokenizer"]), "--vq", str(b["vq"]), "--image", str(frames[0]),
+            "--image", str(frames[1]), "--state", "0,0,0,0,0,0", "--instruction", "x",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(0.5)  # importing torch / loading the model
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr  # an exit code, not death by the signal (-2)
+    assert "Traceback" not in stderr and "interrupted" in stderr
+
+
+def nan_after_warm_up(bundle: dict[str, Path], out: Path) -> dict[str, Path]:
+    """A copy of the bundle whose embeddings of every state value token are NaN except those of the
+    mid-range state the warm-up query uses: the warm-up passes, the first real query (the simulated
+    arm's state) yields NaN actions."""
+    copy = {name: out / name for name in bundle}
+    for name, path in bundle.items():
+        shutil.copytree(path, copy[name])
+    stats = load_stats("so100")
+    mid = (np.asarray(stats.state.min) + np.asarray(stats.state.max)) / 2
+    keep = set(state_block(mid, stats)[1:-1])
+    for file in copy["model"].glob("*.safetensors"):
+        tensors = load_file(file)
+        if "model.embed_tokens.weight" in tensors:
+            table = tensors["model.embed_tokens.weight"]
+            for token in range(STATE_VALUE_OFFSET + 1, STATE_VALUE_OFFSET + N_BINS + 1):
+                if token not in keep:
+                    table[token] = torch.nan
+            save_file(tensors, file, metadata={"format": "pt"})
+    return copy
+
+
+def test_nan_actions_are_an_inference_failure_with_the_arm_held(bundle, tmp_path):
+    r = run_against_sim(nan_after_warm_up(bundle, tmp_path / "nan"), tmp_path, duration=30.0)
+    check_safe_state(r, "inference_failed", 7)
+    assert "non-finite actions" in r.summary["message"], r.summary["message"]
+    assert r.summary["chunks_executed"] == 0

@@ -170,6 +170,7 @@ class CudaBackend:
         self.device = require_device(device)
         self.config, self.dtype = config, dtype
         self.time_horizon, self.action_dim = config.time_horizon, config.action_dim
+        self.max_positions = config.max_position_embeddings
         self.backbone = backbone.to(self.device, dtype).eval()
         self.head = head.to(self.device, dtype).eval()
         self.vqgan = vqgan.to(self.device).float().eval()

@@ -79,6 +79,7 @@ class OnnxRuntimeBackend:
         self.providers = list(provider_list or providers())
         model = artifact.model
         self.time_horizon = int(model["time_horizon"])
+        self.max_positions = int(model.get("max_position_embeddings") or 4096)
         self.action_dim = int(model["action_dim"])
         self._layers = int(model["num_hidden_layers"])
         self._heads = int(model["num_attention_heads"])

@@ -129,6 +129,7 @@ class TensorRTBackend:
         self.torch, self.artifact = torch, artifact
         model = artifact.model
         self.time_horizon, self.action_dim = int(model["time_horizon"]), int(model["action_dim"])
+        self.max_positions = int(model.get("max_position_embeddings") or 4096)
         self.stream = torch.cuda.Stream()
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines = {
@@ -181,6 +182,27 @@ class TensorRTBackend:
             views["ids"][0, :n].copy_(torch.as_tensor(list(prompt_ids)))
             views["key_mask"].copy_(torch.arange(views["ids"].shape[1], device="cuda")[None] < n)
             graph.replay()
+            return views["actions"][0].float().cpu().numpy()
+
+    def prefill(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        """Final-norm hidden states float32 [1, L, H] of one prompt at its exact length (for `verify`)."""
+        n, engine, torch = len(prompt_ids), self.engine("backbone_prefill"), self.torch
+        with torch.cuda.stream(self.stream):
+            views = engine.bind({"L": n})
+            views["ids"].copy_(torch.as_tensor([list(prompt_ids)]))
+            views["positions"].copy_(torch.arange(n)[None])
+            views["key_mask"].fill_(True)
+            engine.enqueue()
+            return views["hidden"].float().cpu().numpy()
+
+    def head_actions(self, hidden: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """The action head engine on given hidden states [1, L, H] -> normalized actions [T, A]."""
+        engine, torch = self.engine("action_head"), self.torch
+        with torch.cuda.stream(self.stream):
+            views = engine.bind({"L": hidden.shape[1]})
+            views["hidden"].copy_(torch.from_numpy(hidden))
+            views["valid"].copy_(torch.from_numpy(valid))
+            engine.enqueue()
             return views["actions"][0].float().cpu().numpy()
 
     def step_model(self) -> TensorRTStepModel:

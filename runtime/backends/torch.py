@@ -75,6 +75,7 @@ class TorchBackend:
         self.config, self.backbone, self.head = load_model(model_dir, dtype=dtype)
         self.vqgan = VQGAN.from_dir(vq_dir, trust_pickle=trust_pickle)
         self.time_horizon = self.config.time_horizon
+        self.max_positions = self.config.max_position_embeddings
         self.action_dim = self.config.action_dim
 
     @torch.inference_mode()

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rynn_edge.runtime.argtypes import NumberList, non_negative, positive
 from rynn_edge.runtime.errors import UserError
 
 BACKENDS = ("torch", "cuda", "onnxruntime", "tensorrt")
@@ -47,16 +48,6 @@ CLOSED_LOOP = (
 )
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("--chunk-lengths must be positive integers")
-    return values
-
-
 def _modes(text: str) -> list[str]:
     modes = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
@@ -80,14 +71,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision", default=None, help="torch: fp32|bf16|fp16 (default fp32); onnxruntime: the artifact's"
     )
     parser.add_argument(
-        "--chunk-lengths", type=_ints, default=[1, 5, 10, 20, 40], help="T values, e.g. 1,5,10"
+        "--chunk-lengths", type=NumberList(int, 1), default=[1, 5, 10, 20, 40], help="T values, e.g. 1,5,10"
     )
     parser.add_argument(
         "--modes", type=_modes, default=["continuous"], help=f"comma-separated: {','.join(MODES)}"
     )
-    parser.add_argument("--runs", type=int, default=20, help="timed calls per point (default 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="discarded calls per point (default 3)")
-    parser.add_argument("--action-rate", type=float, default=30.0, help="actions per second on the arm (30)")
+    parser.add_argument("--runs", type=positive(int), default=20, help="timed calls per point (default 20)")
+    parser.add_argument(
+        "--warmup", type=non_negative(int), default=3, help="discarded calls per point (default 3)"
+    )
+    parser.add_argument(
+        "--action-rate", type=positive(float), default=30.0, help="actions per second on the arm (30)"
+    )
     parser.add_argument(
         "--loop-rate", type=float, default=100.0, help="servo loop rate of the closed-loop columns (100)"
     )

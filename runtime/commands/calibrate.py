@@ -13,20 +13,20 @@ import argparse
 import select
 import sys
 import time
-from pathlib import Path
 
+from rynn_edge.runtime.argtypes import Number, output_file, positive
 from rynn_edge.runtime.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", required=True, help="servo bus serial port, e.g. /dev/ttyACM0")
     parser.add_argument("--robot", choices=("so100",), default="so100")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="calibration JSON to write")
-    parser.add_argument("--baud", type=int, default=1_000_000)
+    parser.add_argument("-o", "--output", type=output_file, required=True, help="calibration JSON to write")
+    parser.add_argument("--baud", type=Number(int, 9600, 4_000_000), default=1_000_000, help="bit/s")
     parser.add_argument("--yes", action="store_true", help="do not wait for Enter once the arm is mid-range")
     parser.add_argument(
         "--record-seconds",
-        type=float,
+        type=positive(float),
         metavar="SECONDS",
         help="record the ranges of motion for SECONDS instead of until Enter",
     )

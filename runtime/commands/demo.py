@@ -11,6 +11,8 @@ import argparse
 import os
 from pathlib import Path
 
+from rynn_edge.runtime.commands.run import DURATION, LOOP_RATE, add_chunk_arguments, chunk_options
+
 DEFAULT_INSTRUCTION = "pick up the red cube and put it in the box"
 BUNDLE_MARKER = ".complete"
 
@@ -21,16 +23,16 @@ def default_workdir() -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from rynn_edge.runtime.commands.run import add_chunk_arguments
-
     parser.add_argument(
         "--workdir",
         type=Path,
         help=f"cache for the tiny checkpoint and outputs (default {default_workdir()})",
     )
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds to run (default 5)")
+    parser.add_argument("--duration", type=DURATION, default=5.0, help="seconds to run (default 5)")
     add_chunk_arguments(parser)
-    parser.add_argument("--loop-rate", type=float, default=100.0, help="servo loop rate, Hz (default 100)")
+    parser.add_argument(
+        "--loop-rate", type=LOOP_RATE, default=100.0, help="servo loop rate, Hz (default 100)"
+    )
     parser.add_argument("--instruction", default=DEFAULT_INSTRUCTION)
     parser.add_argument(
         "--fault",
@@ -56,7 +58,6 @@ def tiny_bundle(workdir: Path) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rynn_edge.runtime.commands.run import chunk_options
     from rynn_edge.runtime.robot import control, so100
     from rynn_edge.runtime.robot.calibration import save_calibration
     from rynn_edge.runtime.robot.report import print_outcome

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from rynn_edge.runtime.commands.predict import add_model_arguments, load_images, open_predictor, parse_floats
+from rynn_edge.runtime.argtypes import NumberList, output_file, positive
+from rynn_edge.runtime.commands.predict import add_model_arguments, load_images, open_predictor
 
 # Reference world-model decoding cap (max_new_tokens 3000).
 UNCONSTRAINED_MAX_NEW_TOKENS = 3000
@@ -20,15 +20,22 @@ UNCONSTRAINED_MAX_NEW_TOKENS = 3000
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--action", required=True, help="one action, comma-separated, in training units")
+    parser.add_argument(
+        "--action",
+        type=NumberList(float),
+        required=True,
+        help="one action, comma-separated, in training units",
+    )
     parser.add_argument(
         "--prompt",
         choices=("libero", "lerobot"),
         default=None,
         help="world-model sentence: the LIBERO eval one or the LeRobot training one (default: by action_dim)",
     )
-    parser.add_argument("--out", type=Path, required=True, help="output PNG (several images: side by side)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens")
+    parser.add_argument(
+        "--out", type=output_file, required=True, help="output PNG (several images: side by side)"
+    )
+    parser.add_argument("--max-new-tokens", type=positive(int), default=None, help="cap on generated tokens")
     parser.add_argument(
         "--unconstrained", action="store_true", help="plain greedy exactly as upstream (no structure forcing)"
     )
@@ -50,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     # LIBERO world models were trained at 512 px, the LeRobot one at 256.
     predictor.image_size = args.image_size or (256 if sentence == "lerobot" else 512)
     images = load_images(args.image)
-    action = np.asarray(parse_floats(args.action, "--action"), dtype=np.float64)
+    action = np.asarray(args.action, dtype=np.float64)
     stats = load_stats(args.stats or ("libero_world" if predictor.robot == "libero" else "so100"))
     if action.shape != (len(stats.action.min),):
         raise UserError(

@@ -7,19 +7,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rynn_edge.runtime.argtypes import NumberList, positive
 from rynn_edge.runtime.errors import UserError
 
 if TYPE_CHECKING:
     from rynn_edge.runtime.predictor import Prediction
 
-BACKENDS = ("torch", "onnxruntime", "cuda", "tensorrt")
-
-
-def parse_floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{what} must be comma-separated numbers, got {text!r}") from None
+BACKENDS = ("torch", "onnxruntime", "cuda", "tensorrt", "triton")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +29,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="the robot the checkpoint drives (default: the artifact's, or the checkpoint's action space)",
     )
     parser.add_argument("--backend", choices=BACKENDS, default="torch")
+    add_server_arguments(parser)
     parser.add_argument("--image-size", type=int, choices=(256, 512), default=None, help="model resolution")
     parser.add_argument(
         "--trust-pickle", action="store_true", help="load a vqgan.ckpt that is not plain weights"
@@ -42,12 +37,40 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="--backend triton: the Triton server's gRPC endpoint (http://HOST:PORT for HTTP); MODEL is "
+        "then the artifact folder or the served model's name",
+    )
+    parser.add_argument(
+        "--server-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="--backend triton: a request that takes longer fails (default 30)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--state", required=True, help="joint state, comma-separated, in training units")
+    parser.add_argument(
+        "--state",
+        type=NumberList(float),
+        required=True,
+        help="joint state, comma-separated, in training units",
+    )
     parser.add_argument("--instruction", required=True, help="the task, exactly as in training")
     parser.add_argument("--mode", choices=("continuous", "discrete"), default="continuous")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="discrete mode cap (default 300)")
+    parser.add_argument(
+        "--max-new-tokens", type=positive(int), default=None, help="discrete mode cap (default 300)"
+    )
+    parser.add_argument(
+        "--truncate-instruction",
+        action="store_true",
+        help="cut an instruction too long for the model's positions (with a warning) instead of refusing it",
+    )
     parser.add_argument(
         "--sequential",
         action="store_true",
@@ -67,6 +90,8 @@ def open_predictor(args: argparse.Namespace, default_size: int):
         image_size=args.image_size or default_size,
         trust_pickle=args.trust_pickle,
         robot=args.robot,
+        server=args.server,
+        server_timeout=args.server_timeout,
     )
 
 
@@ -82,9 +107,10 @@ def run(args: argparse.Namespace) -> int:
     from rynn_edge.runtime.predictor import DISCRETE_MAX_NEW_TOKENS
 
     predictor = open_predictor(args, default_size=256)
+    predictor.truncate_instruction = args.truncate_instruction
     result = predictor.predict(
         load_images(args.image),
-        parse_floats(args.state, "--state"),
+        args.state,
         args.instruction,
         args.mode,
         max_new_tokens=args.max_new_tokens or DISCRETE_MAX_NEW_TOKENS,

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rynn_edge.runtime.argtypes import positive
 from rynn_edge.runtime.backends.artifact import STAGES
 from rynn_edge.runtime.errors import UserError
 
@@ -36,8 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default=None, help="default: by folder kind")
     parser.add_argument("--precision", default="fp32", help="torch: fp32|bf16|fp16 (default fp32)")
     parser.add_argument("--stage", default="all", choices=(*STAGES, "all"), help="one stage or all")
-    parser.add_argument("--top", type=int, default=10, help="layers per stage in the terminal (default 10)")
-    parser.add_argument("--runs", type=int, default=10, help="timed and profiled calls per stage")
+    parser.add_argument(
+        "--top", type=positive(int), default=10, help="layers per stage in the terminal (default 10)"
+    )
+    parser.add_argument("--runs", type=positive(int), default=10, help="timed and profiled calls per stage")
 
 
 def profile(args: argparse.Namespace) -> dict[str, Any]:

@@ -4,31 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from rynn_edge.runtime.argtypes import Number, NumberList, non_negative, output_file, positive
 from rynn_edge.runtime.errors import UserError
 
-
-def _pose(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 6 comma-separated numbers, got {text!r}") from None
-    if len(values) != 6:
-        raise argparse.ArgumentTypeError(
-            f"expected 6 values (5 joints in degrees, gripper 0-100), got {text!r}"
-        )
-    return values
+# Ranges shared with `demo`. The loop must leave the bus time for a sync read + write per cycle.
+LOOP_RATE = Number(float, 1, 1000)
+DURATION = positive(float)
 
 
 def _remaining(text: str) -> int | None:
-    if text == "auto":
+    """--async-remaining: `auto` (None) or K >= 1."""
+    if text.strip() == "auto":
         return None
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"K must be >= 1, got {value}")
-    return value
+        return positive(int)(text)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{err} (or auto)") from None
 
 
 def add_chunk_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,19 +35,23 @@ def add_chunk_arguments(parser: argparse.ArgumentParser) -> None:
         type=_remaining,
         default=None,
         metavar="K",
-        help="async: query the next chunk when K actions remain (default auto: from the measured "
-        "inference latency, ceil((1.2 x p90 of the last 20 + switch overhead) x rate), at most T-1)",
+        help="async: query the next chunk when K actions remain, below the chunk length T (default auto: "
+        "from the measured inference latency, ceil((1.2 x p90 of the last 20 + switch overhead) x rate), "
+        "at most T-1)",
     )
     parser.add_argument(
         "--extra-latency",
-        type=float,
+        type=non_negative(float),
         default=0.0,
         metavar="MS",
         help="add MS to every inference (a sleep in the policy worker): rehearse a slower model or "
         "device against the simulator",
     )
     parser.add_argument(
-        "--rate", type=float, default=30.0, help="action rate of the dataset, Hz (default 30)"
+        "--rate",
+        type=Number(float, 0, 1000, lo_open=True),
+        default=30.0,
+        help="action rate of the dataset, Hz (default 30)",
     )
 
 
@@ -87,15 +82,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help="tokenizer folder (raw checkpoint only)")
     parser.add_argument("--vq", help="VQ tokenizer folder (raw checkpoint only)")
     parser.add_argument("--backend", default="torch", help="inference backend (default torch)")
+    parser.add_argument("--server", metavar="HOST:PORT", help="--backend triton: the Triton server (gRPC)")
+    parser.add_argument(
+        "--server-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="--backend triton: a request that takes longer fails (default: --inference-deadline)",
+    )
     parser.add_argument("--stats", help="normalisation stats: so100 (default), or a stats.json")
     parser.add_argument("--robot", choices=("so100",), default="so100")
     parser.add_argument(
         "--port", required=True, help="servo bus serial port, e.g. /dev/ttyACM0 or the sim's pty"
     )
-    parser.add_argument("--baud", type=int, default=1_000_000)
+    parser.add_argument("--baud", type=Number(int, 9600, 4_000_000), default=1_000_000, help="bit/s")
     parser.add_argument(
         "--port-wait",
-        type=float,
+        type=non_negative(float),
         default=0.0,
         metavar="SECONDS",
         help="after loading the model, wait up to SECONDS for --port to appear (adapter plugged in late)",
@@ -106,9 +109,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--instruction", required=True, help="task instruction given to the model")
     add_chunk_arguments(parser)
-    parser.add_argument("--loop-rate", type=float, default=100.0, help="servo loop rate, Hz (default 100)")
-    parser.add_argument("--duration", type=float, help="stop after SECONDS (default: until Ctrl-C)")
-    parser.add_argument("--episode-log", help="write every step to this JSON Lines file (crash-safe)")
+    parser.add_argument(
+        "--loop-rate", type=LOOP_RATE, default=100.0, help="servo loop rate, Hz (default 100)"
+    )
+    parser.add_argument("--duration", type=DURATION, help="stop after SECONDS (default: until Ctrl-C)")
+    parser.add_argument(
+        "--episode-log", type=output_file, help="write every step to this JSON Lines file (crash-safe)"
+    )
     parser.add_argument(
         "--log-frames",
         action="store_true",
@@ -116,36 +123,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the end-of-run summary as one JSON object")
     parser.add_argument(
-        "--max-speed", type=float, default=180.0, help="goal slew limit, degrees/s per joint (default 180)"
+        "--max-speed",
+        type=Number(float, 0, 10_000, lo_open=True),
+        default=180.0,
+        help="goal slew limit, degrees/s per joint (default 180)",
     )
-    parser.add_argument("--bus-timeout-ms", type=float, default=5.0, help="reply timeout slack (default 5)")
-    parser.add_argument("--bus-retries", type=int, default=2, help="retries of a unicast request (default 2)")
+    parser.add_argument(
+        "--bus-timeout-ms", type=Number(float, 0, 1000), default=5.0, help="reply timeout slack (default 5)"
+    )
+    parser.add_argument(
+        "--bus-retries", type=Number(int, 0, 10), default=2, help="retries of a unicast request (default 2)"
+    )
     parser.add_argument(
         "--max-missed-cycles",
-        type=int,
+        type=Number(int, 1, 1000),
         default=10,
         help="a servo silent for more consecutive loop cycles is lost (default 10: 0.1 s at 100 Hz)",
     )
     parser.add_argument(
         "--inference-deadline",
-        type=float,
+        type=Number(float, 0, 600, lo_open=True),
         default=3.0,
         help="a chunk must arrive within SECONDS of its query (default 3)",
     )
     parser.add_argument(
         "--camera-timeout",
-        type=float,
+        type=Number(float, 0, 60, lo_open=True),
         default=0.5,
         help="a camera with no new frame for SECONDS is lost (default 0.5)",
     )
     parser.add_argument(
         "--rest-pose",
-        type=_pose,
+        type=NumberList(float, count=6),
         metavar="J1,..,J5,G",
         help="on exit move here (degrees, gripper 0-100) before torque off, instead of holding",
     )
     parser.add_argument(
-        "--rest-seconds", type=float, default=2.0, help="time to reach --rest-pose (default 2)"
+        "--rest-seconds",
+        type=Number(float, 0, 60, lo_open=True),
+        default=2.0,
+        help="time to reach --rest-pose (default 2)",
     )
     parser.add_argument("--no-status", action="store_true", help="no live status line")
 
@@ -170,7 +187,7 @@ def config_from_args(args: argparse.Namespace):
         **chunk_options(args),
         loop_rate_hz=args.loop_rate,
         duration_s=args.duration,
-        episode_log=args.episode_log,
+        episode_log=str(args.episode_log) if args.episode_log else None,
         log_frames=args.log_frames,
         max_speed_deg_s=args.max_speed,
         bus_timeout_ms=args.bus_timeout_ms,
@@ -182,6 +199,8 @@ def config_from_args(args: argparse.Namespace):
         rest_s=args.rest_seconds,
         status_line=not args.no_status,
         port_wait_s=args.port_wait,
+        server=args.server,
+        server_timeout_s=args.server_timeout or args.inference_deadline,
     )
 
 

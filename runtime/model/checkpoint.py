@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from rynn_edge.runtime.errors import UserError
@@ -65,13 +65,19 @@ def _read_headers(files: list[Path], weight_map: dict[str, str] | None) -> dict[
     stored: dict[str, _Stored] = {}
     problems = []
     for path in files:
-        with safe_open(str(path), framework="pt") as f:
-            keys = f.keys()  # safe_open handles are not iterable
-            for key in keys:
-                sl = f.get_slice(key)
-                if key in stored:
-                    problems.append(f"{key}: stored twice, in {stored[key].file.name} and {path.name}")
-                stored[key] = _Stored(path, tuple(sl.get_shape()), sl.get_dtype())
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = f.keys()  # safe_open handles are not iterable
+                for key in keys:
+                    sl = f.get_slice(key)
+                    if key in stored:
+                        problems.append(f"{key}: stored twice, in {stored[key].file.name} and {path.name}")
+                    stored[key] = _Stored(path, tuple(sl.get_shape()), sl.get_dtype())
+        except (SafetensorError, OSError) as err:
+            raise UserError(
+                f"{path}: not a readable safetensors file ({err}); it is empty, truncated or damaged: "
+                "re-download or re-save the checkpoint"
+            ) from None
     for key, name in (weight_map or {}).items():
         if key not in stored or stored[key].file.name != name:
             problems.append(f"{key}: {INDEX_FILE} says {name}, but that file does not hold it")

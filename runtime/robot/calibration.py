@@ -20,6 +20,8 @@ import numpy as np
 from rynn_edge.runtime.errors import UserError
 
 FIELDS = ("id", "drive_mode", "homing_offset", "range_min", "range_max")
+MAX_TICK = 4095  # 12-bit position of the STS3215
+MAX_SERVO_ID = 253  # 254 is the broadcast id
 
 
 class NormMode(enum.Enum):
@@ -53,9 +55,13 @@ def load_calibration(path: str | Path, names: Sequence[str]) -> dict[str, MotorC
     missing = [name for name in names if name not in data]
     if missing:
         raise UserError(f"calibration file {path} has no entry for motor(s) {', '.join(missing)}")
-    calib = {}
+    calib: dict[str, MotorCalibration] = {}
     for name in names:
         entry = data[name]
+        if not isinstance(entry, dict):
+            raise UserError(
+                f"calibration file {path}: motor {name!r} must be an object with {', '.join(FIELDS)}"
+            )
         bad = [f for f in FIELDS if not isinstance(entry.get(f), int) or isinstance(entry.get(f), bool)]
         if bad:
             raise UserError(
@@ -66,6 +72,23 @@ def load_calibration(path: str | Path, names: Sequence[str]) -> dict[str, MotorC
             raise UserError(
                 f"calibration file {path}: motor {name!r} has range_min {cal.range_min} >= range_max "
                 f"{cal.range_max}; recalibrate and move the joint through its range"
+            )
+        for field in ("range_min", "range_max"):
+            if not 0 <= getattr(cal, field) <= MAX_TICK:
+                raise UserError(
+                    f"calibration file {path}: motor {name!r} {field} {getattr(cal, field)} is outside "
+                    f"the servo's 0..{MAX_TICK}"
+                )
+        if not 0 <= cal.id <= MAX_SERVO_ID:
+            raise UserError(
+                f"calibration file {path}: motor {name!r} id {cal.id} is outside 0..{MAX_SERVO_ID}"
+            )
+        twin = next((other for other, c in calib.items() if c.id == cal.id), None)
+        if twin is not None:
+            raise UserError(f"calibration file {path}: motors {twin!r} and {name!r} both have id {cal.id}")
+        if cal.drive_mode not in (0, 1):
+            raise UserError(
+                f"calibration file {path}: motor {name!r} drive_mode {cal.drive_mode} is not 0 or 1"
             )
         if abs(cal.homing_offset) > 2047:
             raise UserError(

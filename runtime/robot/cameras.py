@@ -13,6 +13,7 @@ Resizing to the model's input is the policy's job (the core's images module), no
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -66,9 +67,9 @@ class Camera:
         self._dead_after_s: float | None = None
         self._cap = None
         if kind == "synthetic":
-            self._dead_after_s = float(arg) if arg else None
+            self._dead_after_s = _synthetic_seconds(self.name, self.source)
             return
-        import cv2
+        cv2 = _opencv(self.name)
 
         target: int | str = int(self.source) if self.source.isdigit() else self.source
         looks_like_file = Path(self.source).suffix.lower() in VIDEO_SUFFIXES
@@ -165,5 +166,35 @@ def parse_camera_specs(specs: list[str]) -> list[tuple[str, str]]:
             raise UserError(f"--camera {spec!r}: expected NAME=SOURCE, e.g. front=0 or wrist=synthetic")
         if name in {n for n, _ in out}:
             raise UserError(f"--camera {name} given twice")
+        if source.partition(":")[0] == "synthetic":
+            _synthetic_seconds(name, source)
+        else:
+            _opencv(name)
         out.append((name, source))
     return out
+
+
+def _synthetic_seconds(name: str, source: str) -> float | None:
+    """`synthetic` -> None (never dies), `synthetic:SECONDS` -> SECONDS."""
+    _, sep, arg = source.partition(":")
+    if not sep:
+        return None
+    try:
+        seconds = float(arg)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UserError(
+            f"--camera {name}={source}: expected synthetic or synthetic:SECONDS with SECONDS > 0, got {arg!r}"
+        )
+    return seconds
+
+
+def _opencv(name: str):
+    try:
+        import cv2
+    except ImportError:
+        raise UserError(
+            f"--camera {name}: real cameras and video files need OpenCV: pip install 'rynn-edge[camera]'"
+        ) from None
+    return cv2

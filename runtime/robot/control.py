@@ -75,6 +75,8 @@ class RunConfig:
     rest_s: float = 2.0
     hold_s: float = 0.3
     port_wait_s: float = 0.0
+    server: str | None = None  # --backend triton: the server's HOST:PORT
+    server_timeout_s: float = 30.0
     status_line: bool = True
 
 
@@ -110,6 +112,8 @@ class Supervisor:
         self.last_present: np.ndarray | None = None
         self.last_t_ns = 0
         self.torque_report: dict[str, list[int]] = {}
+        self.stopping = False  # in the safe stop: failures are recorded, never raised
+        self.log_error: str | None = None
 
     # -- signals -----------------------------------------------------------------------------------
 
@@ -133,7 +137,8 @@ class Supervisor:
         calib = load_calibration(cfg.calibration, list(so100.MOTORS))
         self.joints = JointMap(calib, so100.NORM_MODES)
         if cfg.episode_log:
-            self.log = self.stack.enter_context(EpisodeLog(cfg.episode_log))
+            self.log = EpisodeLog(cfg.episode_log)
+            self.stack.callback(self._close_log)
         for name, source in cfg.cameras:
             cam = Camera(name, source, fps=cfg.rate_hz)
             self.stack.callback(cam.close)
@@ -150,9 +155,17 @@ class Supervisor:
             stats=cfg.stats,
             robot="so100",
             extra_latency_s=cfg.extra_latency_s,
+            server=cfg.server,
+            server_timeout=cfg.server_timeout_s,
         )
         self.stack.callback(self.policy.close)
         self._check_signal()
+        horizon = self.policy.time_horizon
+        if cfg.chunk_policy == "async" and cfg.async_remaining is not None and cfg.async_remaining >= horizon:
+            raise UserError(
+                f"--async-remaining {cfg.async_remaining} must be smaller than the model's chunk length "
+                f"{horizon} (valid: 1..{horizon - 1})"
+            )
         if len(cfg.cameras) not in self.policy.image_counts:
             want = " or ".join(map(str, self.policy.image_counts))
             raise UserError(f"the model takes {want} camera views; got {len(cfg.cameras)} --camera")
@@ -167,7 +180,7 @@ class Supervisor:
                 latency_hint_s=self.measured.warm_up_s,
             )
         except ValueError as err:
-            raise UserError(f"--async-remaining: {err}") from None
+            raise UserError(f"--chunk-policy async: {err}") from None
         self._check_signal()
         self._wait_for_port()
         try:
@@ -220,11 +233,31 @@ class Supervisor:
         }
 
     def _write(self, kind: str, **fields: Any) -> None:
-        """One record: to the episode log, and the same values to the trace the summary is made from."""
+        """One record: to the trace the summary is made from, and the same values to the episode log."""
         record = {"t_ns": time.monotonic_ns(), **fields}
         self.trace.add(kind, record)
-        if self.log is not None:
+        if self.log is None:
+            return
+        try:
             self.log.write(kind, **record)
+        except OSError as err:
+            # Stop logging at the first failure: every line written so far stays complete and readable.
+            self._log_failed(err)
+            if not self.stopping:
+                raise _Stop(ExitReason.LOG_FAILED, self.log_error) from err
+
+    def _log_failed(self, err: OSError) -> None:
+        self.log_error = f"episode log {self.cfg.episode_log}: {err.strerror or err}"
+        log, self.log = self.log, None
+        with contextlib.suppress(OSError):
+            log.close()
+
+    def _close_log(self) -> None:
+        if self.log is not None:
+            try:
+                self.log.close()
+            except OSError as err:
+                self._log_failed(err)
 
     # -- the supervision loop ------------------------------------------------------------------------
 
@@ -359,25 +392,37 @@ class Supervisor:
 
     # -- safe stop -----------------------------------------------------------------------------------
 
-    def _safe_stop(self) -> None:
-        """Hold or go to rest while the loop still runs, stop it, torque off what still answers.
-
-        Each step is guarded so that a failure in one (say, the rest move) never skips the next.
-        """
-        try:
-            if self.loop is not None and self.loop.running:
-                if self.cfg.rest_pose is not None:
-                    self._go_to_rest()
-                else:
-                    self.loop.hold()
-                    time.sleep(self.cfg.hold_s)
-        finally:
+    def _safe_stop(self) -> list[str]:
+        """Hold or go to rest while the loop still runs, stop it, torque off what still answers, then
+        log the last loop records. Each step runs whatever the one before did (say, the rest move
+        raised); the failures are returned, never raised."""
+        self.stopping = True
+        problems = []
+        for step in (self._hold_or_rest, self._stop_loop, self._torque_off_all, self._drain_rest):
             try:
-                if self.loop is not None:
-                    self.loop.stop()
-                    self._drain()
-            finally:
-                self.torque_report = self._torque_off()
+                step()
+            except Exception as err:
+                problems.append(f"{step.__name__.strip('_')} failed: {type(err).__name__}: {err}")
+        return problems
+
+    def _hold_or_rest(self) -> None:
+        if self.loop is not None and self.loop.running:
+            if self.cfg.rest_pose is not None:
+                self._go_to_rest()
+            else:
+                self.loop.hold()
+                time.sleep(self.cfg.hold_s)
+
+    def _stop_loop(self) -> None:
+        if self.loop is not None:
+            self.loop.stop()
+
+    def _torque_off_all(self) -> None:
+        self.torque_report = self._torque_off()
+
+    def _drain_rest(self) -> None:
+        if self.loop is not None:
+            self._drain()
 
     def _go_to_rest(self) -> None:
         """A straight line to the rest pose over rest_s; returns once the servos are there (or 1 s late)."""
@@ -467,6 +512,8 @@ class Supervisor:
                 self._supervise()
             except _Stop as stop:
                 outcome = Outcome(stop.reason, stop.message)
+            except so100.ServoFaultError as err:  # an error bit during setup: the bus is open
+                outcome = Outcome(ExitReason.SERVO_ERROR, str(err))
             except KeyboardInterrupt:
                 outcome = Outcome(ExitReason.INTERRUPTED, "stopped by Ctrl-C")
             except OSError as err:  # the bus (port gone, a servo silent during setup), not our code
@@ -478,13 +525,32 @@ class Supervisor:
                     raise  # nothing was powered yet, or bad input: the CLI reports it (exit 2)
                 outcome = Outcome(ExitReason.INTERNAL_ERROR, f"{type(err).__name__}: {err}")
             finally:
-                if self.bus is not None:
-                    self._safe_stop()
+                problems = self._safe_stop() if self.bus is not None else []
             if self.bus is not None:
                 self._write_bus()
+            outcome = self._with_problems(outcome, problems)
             outcome.summary = self.summary(outcome)
             self._write("end", **outcome.summary)
-        return outcome
+        # Closing the log (the stack above) flushes its tail, which can fail too.
+        return self._with_problems(outcome, [])
+
+    def _with_problems(self, outcome: Outcome, problems: list[str]) -> Outcome:
+        """A run that ended well but whose safe stop or episode log failed is not `completed`; a fault
+        keeps its own code, and the message lists what else went wrong."""
+        log = [self.log_error] if self.log_error and self.log_error not in outcome.message else []
+        if not problems and not log:
+            return outcome
+        reason = outcome.reason
+        if reason is ExitReason.COMPLETED:
+            reason = ExitReason.INTERNAL_ERROR if problems else ExitReason.LOG_FAILED
+        message = "; ".join([outcome.message, *problems, *log])
+        summary = {
+            **outcome.summary,
+            "exit_reason": reason.label,
+            "exit_code": reason.code,
+            "message": message,
+        }
+        return Outcome(reason, message, summary if outcome.summary else {})
 
 
 def run(cfg: RunConfig) -> Outcome:

@@ -21,14 +21,15 @@ from rynn_edge.runtime.robot import so100
 class Embodiment:
     name: str
     action_dim: int
+    state_dim: int
     image_counts: tuple[int, ...]  # views per query, in prompt order
     # actions + query-time state -> absolute goals; None where actions are not joint positions
     goals: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
 
 
 EMBODIMENTS = {
-    "so100": Embodiment("so100", 6, (2,), so100.goals),  # front, wrist
-    "libero": Embodiment("libero", 7, (2, 4), None),  # third, wrist (+ one step of history)
+    "so100": Embodiment("so100", 6, 6, (2,), so100.goals),  # front, wrist
+    "libero": Embodiment("libero", 7, 8, (2, 4), None),  # third, wrist (+ one step of history)
 }
 
 

@@ -15,7 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.predictor import Predictor, open_predictor
+
+
+class NonFiniteActions(ValueError):
+    """The model returned NaN or infinite actions: never sent to the servos."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,10 @@ class Policy:
         deadline (and a model that cannot run fails before the arm is touched). Returns its seconds."""
         state = self.predictor.stats.state
         mid = (np.asarray(state.min, dtype=np.float64) + np.asarray(state.max, dtype=np.float64)) / 2
-        return self._infer(0, Observation(images, mid, 0)).latency_s
+        try:
+            return self._infer(0, Observation(images, mid, 0)).latency_s
+        except NonFiniteActions as err:
+            raise UserError(f"the model's warm-up query failed before the arm was touched: {err}") from None
 
     def close(self) -> None:
         with self._cond:
@@ -100,6 +108,10 @@ class Policy:
         start = time.perf_counter()
         out = self.predictor.predict(observation.images, observation.state, self.instruction, self.mode)
         goals = out.actions if out.goals is None else out.goals
+        if not (np.isfinite(out.actions).all() and np.isfinite(goals).all()):
+            raise NonFiniteActions(
+                f"chunk {chunk_id}: the model returned non-finite actions (NaN/inf); check weights and stats"
+            )
         if self.extra_latency_s > 0:
             time.sleep(self.extra_latency_s)
         return ChunkResult(chunk_id, out.actions, goals, observation.t_ns, time.perf_counter() - start)

@@ -29,6 +29,7 @@ class ExitReason(enum.Enum):
     INFERENCE_FAILED = ("inference_failed", 7)
     BUS_ERROR = ("bus_error", 8)
     INTERNAL_ERROR = ("internal_error", 9)
+    LOG_FAILED = ("log_failed", 10)  # the episode log could not be written (disk full, file too large)
     INTERRUPTED = ("interrupted", 130)
     TERMINATED = ("terminated", 143)
 

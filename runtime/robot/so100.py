@@ -79,6 +79,10 @@ HOMING_SIGN_BIT = 11
 PHASE_MULTI_TURN_BIT = 0x10
 
 
+class ServoFaultError(UserError):
+    """A servo reports an overload/overheat/voltage/over-current bit: `run` exits servo_error (4)."""
+
+
 def describe_error(error: int) -> str:
     return "+".join(name for bit, name in ERROR_BITS.items() if error & bit) or "none"
 
@@ -103,7 +107,7 @@ class Arm:
 
     def _check(self, name: str, error: int) -> None:
         if error & FAULT_BITS:
-            raise UserError(
+            raise ServoFaultError(
                 f"{name} (id {self.motors[name]}) reports error bits 0x{error:02x} "
                 f"({describe_error(error)}); check the joint, then power-cycle the arm"
             )

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from rynn_edge.runtime.argtypes import ArgumentParser
 from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.sim import cli as sim
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rynn-edge sim", description=__doc__)
+    parser = ArgumentParser(prog="rynn-edge sim", description=__doc__)
     sim.add_arguments(parser)
     args = parser.parse_args(argv)
     try:

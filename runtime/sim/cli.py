@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from rynn_edge.runtime.argtypes import Number, NumberList, non_negative
 from rynn_edge.runtime.errors import UserError
 
 DEFAULT_LINK = "/tmp/rynn-edge-sim/ttySO100"
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,10 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--link", default=DEFAULT_LINK, help=f"symlink to publish the pty at (default {DEFAULT_LINK})"
     )
     parser.add_argument(
-        "--ids", type=_int_list, default=(1, 2, 3, 4, 5, 6), help="servo ids (default 1,2,3,4,5,6)"
+        "--ids",
+        type=NumberList(int, 0, 253),
+        default=(1, 2, 3, 4, 5, 6),
+        help="servo ids (default 1,2,3,4,5,6)",
     )
     parser.add_argument(
-        "--baud", type=int, default=1_000_000, help="bus baud rate in bit/s (default 1000000)"
+        "--baud",
+        type=Number(int, 9600, 4_000_000),
+        default=1_000_000,
+        help="bus baud rate in bit/s (default 1000000)",
     )
     parser.add_argument(
         "--wire-time",
@@ -48,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--turnaround-us",
-        type=float,
+        type=non_negative(float),
         default=0.0,
         help="with --wire-time: extra turnaround per reply in us, to match a measured arm (default 0)",
     )
@@ -58,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random fault schedule (default 0)")
     parser.add_argument(
         "--initial-positions",
-        type=_float_list,
+        type=NumberList(float, 0, 4095),
         default=(),
         metavar="P1,P2,...",
         help="present position of each servo at power-on, steps (default 2048 each)",

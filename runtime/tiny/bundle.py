@@ -19,6 +19,7 @@ def write_tiny_bundle(
     time_horizon: int | None = None,
     shard_bytes: int | None = None,
     seed: int = 0,
+    outliers: bool = False,
 ) -> dict[str, Path]:
     """OUT/model, OUT/tokenizer, OUT/vq: a deterministic random bundle in the upstream layout."""
     paths = {"model": out / "model", "tokenizer": out / "tokenizer", "vq": out / "vq"}
@@ -34,5 +35,6 @@ def write_tiny_bundle(
         seed=seed,
         max_shard_bytes=shard_bytes,
         time_horizon=time_horizon,
+        outliers=outliers,
     )
     return paths

@@ -2,6 +2,9 @@
 
 Same file names, config fields, key names, [1, head_dim] q/k-norm rows and bf16 storage as a real
 checkpoint, so tests and demos go through the same loader. Deterministic for a given seed.
+
+`outliers=True` (make-tiny-checkpoint --outliers) plants the activation statistics that break naive
+quantization of real LLMs and that random weights never have (see `plant_outliers`).
 """
 
 from __future__ import annotations
@@ -157,6 +160,68 @@ def tiny_state_dict(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     return sd
 
 
+OUTLIER_CHANNELS = 4  # systematic outlier features (LLM.int8): a handful of the hidden channels
+OUTLIER_SCALE = 20.0  # their residual magnitude, every token
+OUTLIER_NORM_GAIN = 8.0  # and the RMSNorm gain on them (as in trained LLaMA-family norms)
+# Chameleon ids of the tokens that carry massive activations: BOS, image start/end, end of turn
+MASSIVE_TOKENS = (0, 8196, 8197, 8710)
+MASSIVE_GATE = 1.2  # layer-0 FFN trigger weight: ~(16 g)^2 d on a trigger token's marker channel
+MASSIVE_DOWN = 8.0  # -> a residual of ~3e3 on one channel (median |x| ~ 1)
+OVERFLOW_GATE = 2.0  # last-layer FFN: ~(16 g)^2 d > 65504 on the massive tokens
+OVERFLOW_DOWN = 100.0
+
+
+def plant_outliers(sd: dict[str, torch.Tensor], cfg: dict, seed: int) -> dict[str, torch.Tensor]:
+    """Make a random state dict's activations look like a trained LLM's (in place; returns `sd`):
+
+    1. Systematic outlier features (Dettmers et al. 2022, LLM.int8()): OUTLIER_CHANNELS residual
+       channels ~20x the rest for every token, with an 8x RMSNorm gain on them, so every q/k/v/gate/up
+       input has a few channels ~100-300x the median. Per-tensor int8 scales then round the other
+       channels to a couple of levels.
+    2. Massive activations (Sun et al. 2024): BOS and delimiter tokens (MASSIVE_TOKENS) carry a marker
+       channel; a layer-0 FFN unit fires only on it (down_proj input ~500x the median, on 4 tokens) and
+       writes ~3e3 into one residual channel that stays there through every later layer (the
+       attention-sink tokens of Llama/Chameleon). Per-tensor scales sized for those tokens starve the rest.
+    3. fp16 overflow: the last layer's FFN amplifies that channel on the same tokens to ~1e5 > 65504, as
+       Chameleon-7B's layer-31 FFN does (a public Jetson runtime clamps it to run fp16 at all).
+    The hidden size must be >= 64 (the channels are distinct). Everything stays finite in fp32/bf16.
+    """
+    g = torch.Generator().manual_seed(seed + 1000)
+    h = cfg["hidden_size"]
+    inter = cfg["intermediate_size"]
+    picks = torch.randperm(h, generator=g)[: OUTLIER_CHANNELS + 3].tolist()
+    outlier, (marker, massive, overflow) = picks[:OUTLIER_CHANNELS], picks[OUTLIER_CHANNELS:]
+    units = torch.randperm(inter, generator=g)[:2].tolist()
+    last = cfg["num_hidden_layers"] - 1
+
+    def edit(key: str, fn) -> None:
+        t = sd[key].float()
+        fn(t)
+        sd[key] = t.to(torch.bfloat16)
+
+    def embed(t: torch.Tensor) -> None:
+        t[:, outlier] *= OUTLIER_SCALE
+        t[:, marker] = 0.0
+        rows = [i for i in MASSIVE_TOKENS if i < t.shape[0]]
+        t[rows] *= 0.05
+        t[rows, marker] = 40.0
+
+    edit("model.embed_tokens.weight", embed)
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            edit(f"{p}{norm}.weight", lambda t: t.__setitem__(outlier, t[outlier] * OUTLIER_NORM_GAIN))
+    for layer, source, target, unit, gate, down in (
+        (0, marker, massive, units[0], MASSIVE_GATE, MASSIVE_DOWN),
+        (last, massive, overflow, units[1], OVERFLOW_GATE, OVERFLOW_DOWN),
+    ):
+        p = f"model.layers.{layer}.mlp."
+        for name in ("gate_proj", "up_proj"):
+            edit(f"{p}{name}.weight", lambda t, s=source, u=unit, w=gate: t.__setitem__((u, s), w))
+        edit(f"{p}down_proj.weight", lambda t, o=target, u=unit, w=down: t.__setitem__((o, u), w))
+    return sd
+
+
 def _shards(sd: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
     """Greedy in key order, like transformers' shard_checkpoint: a new shard when the next tensor
     would overflow the current one."""
@@ -187,6 +252,7 @@ def write_tiny_model(
     seed: int = 0,
     max_shard_bytes: int | None = None,
     time_horizon: int | None = None,
+    outliers: bool = False,
 ) -> Path:
     """Write config.json, generation_config.json and bf16 safetensors (sharded with an index when
     max_shard_bytes is set) into out_dir; returns out_dir."""
@@ -211,6 +277,8 @@ def write_tiny_model(
         },
     )
     sd = tiny_state_dict(cfg, seed)
+    if outliers:
+        plant_outliers(sd, cfg, seed)
     meta = {"format": "pt"}
     if max_shard_bytes is None:
         save_file(sd, str(out / "model.safetensors"), metadata=meta)
