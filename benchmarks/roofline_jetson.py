@@ -20,6 +20,7 @@ from functools import cache
 import torch
 from runs import RESULTS
 
+from rynn_edge.runtime.bench import figures
 from rynn_edge.runtime.bench import timing as B
 from rynn_edge.runtime.bench.chunk_runners import DTYPES
 from rynn_edge.runtime.bench.roofline import (
@@ -141,7 +142,7 @@ def measured() -> list[dict]:
 
 
 def plot(pred: list[dict], meas: list[dict], path) -> None:
-    plt = B.pyplot()
+    plt = figures.pyplot()
     fig, (ax_j, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     for device in JETSON:
         for precision in PRECISIONS:
@@ -186,7 +187,7 @@ def plot(pred: list[dict], meas: list[dict], path) -> None:
     ax_m.legend(fontsize=6)
     for ax in (ax_j, ax_m):
         ax.grid(True, which="both", alpha=0.3)
-    B.save_figure(fig, path)
+    figures.save_figure(fig, path)
 
 
 def main() -> None:

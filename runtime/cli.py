@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("rynn_edge.runtime.commands.demo", "tiny model + simulated arm + synthetic cameras, end to end"),
     "bench": ("rynn_edge.runtime.commands.bench", "control Hz vs action-chunk length"),
     "profile": ("rynn_edge.runtime.commands.profile", "per-layer latency of each stage"),
+    "plot": (
+        "rynn_edge.runtime.commands.plot",
+        "a run's figure and seam / starvation metrics, from its episode log",
+    ),
     "serve": (
         "rynn_edge.runtime.commands.serve",
         "serve an artifact on Triton Inference Server, or on LeRobot's async-inference protocol",

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from rynn_edge.runtime.bench.timing import execute_whole_chunk_hz, sustainable_hz
+from rynn_edge.runtime.bench.timing import closed_loop, execute_whole_chunk_hz, sustainable_hz
 from rynn_edge.runtime.cli import main
+from rynn_edge.runtime.robot.chunking import auto_remaining, switch_overhead_s
 
 MODES = "continuous,discrete-sequential,discrete-parallel"
 
@@ -60,11 +61,19 @@ def test_rows_label_queries_and_count_steps(bench):
         assert row["actions_per_s"] == pytest.approx(row["chunk_length"] * row["calls_per_s"])
         latency = row["median_ms"] / 1e3
         assert row["sustainable_hz"] == pytest.approx(sustainable_hz(row["chunk_length"], latency, 30.0))
+        # The closed-loop view: the K async would pick, and how much the arm would hold, per T.
+        assert 1 <= row["auto_remaining"] <= row["chunk_length"] - 1
+        assert 0 <= row["async_held_pct"] <= 100 and 0 < row["full_held_pct"] < 100
+        assert row["replans_per_s"] > 0
         if row["precision"] == "fp32":
             assert row["speedup_vs_first"] == pytest.approx(1.0)
         else:
             assert row["speedup_vs_first"] > 0
     assert result["environment"]["versions"]["torch"]
+    short, long = rows[("fp32", "continuous", 2)], rows[("fp32", "continuous", 20)]
+    assert (
+        short["async_held_pct"] >= long["async_held_pct"] and short["full_held_pct"] > long["full_held_pct"]
+    )
     seq = rows[("fp32", "discrete-sequential", 20)]["median_ms"]
     assert seq > rows[("fp32", "discrete-sequential", 2)]["median_ms"]  # 160 steps vs 16
 
@@ -74,8 +83,21 @@ def test_files_written(bench):
     with (out / "bench.csv").open() as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(result["rows"])
-    assert {"queries", "median_ms", "sustainable_hz", "weights"} <= set(table[0])
+    assert {"queries", "median_ms", "sustainable_hz", "weights", "async_held_pct", "auto_remaining"} <= set(
+        table[0]
+    )
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_closed_loop_view_follows_the_scheduler_model():
+    f, overhead = 30.0, switch_overhead_s(100.0)
+    fast = closed_loop([0.1] * 10, 20, f, 100.0)  # 100 ms + overhead fits in 20 rows easily
+    assert fast["auto_remaining"] == auto_remaining([0.1], f, 20, overhead) and fast["async_held_pct"] == 0
+    assert fast["replans_per_s"] == pytest.approx(f / (20 - fast["auto_remaining"]))
+    assert fast["full_held_pct"] == pytest.approx(100 * (0.1 + overhead) / (20 / f + 0.1 + overhead))
+    slow = closed_loop([1.0] * 10, 20, f, 100.0)  # longer than the chunk: stale on arrival
+    assert slow["auto_remaining"] == 19 and slow["async_held_pct"] == 100
+    assert closed_loop([0.1], 1, f, 100.0)["auto_remaining"] is None  # no async with one action
 
 
 def test_sustainable_rate_formula():

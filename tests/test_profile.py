@@ -66,7 +66,7 @@ def test_onnxruntime_node_profiler(tmp_path, so100_fp32, capsys):
 def test_tensorrt_profile_needs_an_artifact(tmp_path, so100_bundle, capsys):
     args = ["profile", str(so100_bundle["model"]), "--backend", "tensorrt", "--out", str(tmp_path)]
     assert main(args) == 2
-    assert "needs an exported artifact folder" in capsys.readouterr().err
+    assert "is not an exported artifact, which backend 'tensorrt' needs" in capsys.readouterr().err
 
 
 def test_roofline_costs_of_the_7b_model():

@@ -1,4 +1,5 @@
-"""Timing, statistics, the conditions of a run, and the table / CSV / JSON / PNG writers of bench and profile.
+"""Timing, statistics, the conditions of a run, and the table / CSV / JSON writers of bench and profile
+(their PNGs: figures.py).
 
 Timing: CUDA events on the current stream around each call on a GPU (then one synchronize), perf_counter
 on the CPU (calls are synchronous there). Warm-up calls are run and discarded first.
@@ -20,7 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from rynn_edge.runtime.errors import UserError
+from rynn_edge.runtime.robot.chunking import (
+    async_steady_state,
+    auto_remaining,
+    full_steady_state,
+    switch_overhead_s,
+)
 
 
 def time_calls(fn: Callable[[], object], runs: int, warmup: int, device: str = "cpu") -> list[float]:
@@ -72,6 +78,29 @@ def sustainable_hz(time_horizon: int, latency_s: float, action_rate: float) -> f
 def execute_whole_chunk_hz(time_horizon: int, latency_s: float, action_rate: float) -> float:
     """Upstream behaviour: run all T rows at f, then hold while the model thinks: T / (T/f + L)."""
     return time_horizon / (time_horizon / action_rate + latency_s)
+
+
+def closed_loop(
+    samples_s: Sequence[float], horizon: int, action_rate: float, loop_rate: float
+) -> dict[str, Any]:
+    """What `rynn-edge run` would do with these inference latencies at the action rate, in steady state:
+    `--chunk-policy async` with the latency-aware K (`auto_remaining`, as the scheduler picks it) and
+    `full`: the share of time the arm holds for want of a chunk, and re-plans per second. Each sample
+    counts once, plus the switch overhead of the loop (`chunking.switch_overhead_s`)."""
+    overhead = switch_overhead_s(loop_rate)
+    latencies = [s + overhead for s in samples_s]
+
+    def shares(states: list[tuple[float, float]]) -> tuple[float, float]:
+        held, interval = map(sum, zip(*states, strict=True))
+        return 100 * held / interval, len(states) / interval
+
+    full_held, _ = shares([full_steady_state(horizon, lat, action_rate) for lat in latencies])
+    out: dict[str, Any] = {"auto_remaining": None, "async_held_pct": None, "replans_per_s": None}
+    if horizon >= 2:
+        k = auto_remaining(list(samples_s), action_rate, horizon, overhead)
+        held, rate = shares([async_steady_state(horizon, k, lat, action_rate) for lat in latencies])
+        out = {"auto_remaining": k, "async_held_pct": held, "replans_per_s": rate}
+    return {**out, "full_held_pct": full_held}
 
 
 def _cpu_model() -> str:
@@ -148,13 +177,6 @@ def write_json(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=1) + "\n")
 
 
-def save_figure(fig, path: Path) -> None:
-    """Tight layout, a small PNG (72 dpi: these are committed), figure closed."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    pyplot().close(fig)
-
-
 def write_outputs(
     result: dict[str, Any],
     out: Path,
@@ -177,18 +199,6 @@ def write_outputs(
     if as_json:
         print(json.dumps(result))
     return as_json
-
-
-def pyplot():
-    """matplotlib.pyplot with a headless backend, or a UserError saying how to install it."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise UserError("plots need matplotlib: pip install 'rynn-edge[plot]' (or pass --no-plot)") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def set_threads(threads: int | None) -> None:

@@ -2,7 +2,9 @@
 
 Per T and mode: chunk latency (median / p90 / p99 over --runs calls after --warmup), model calls per
 second (1 / median), actions per second (T / median) and the sustainable control rate with async
-re-planning (see `benchmarking.sustainable_hz`). What one call contains: `runtime/chunk_bench.py`.
+re-planning (see `benchmarking.sustainable_hz`), and the closed-loop view (`timing.closed_loop`): the
+K that latency-aware async re-planning would pick, the share of time the arm would hold for want of a
+chunk (async and full) and re-plans per second. What one call contains: `runtime/chunk_bench.py`.
 Writes bench.csv, bench.json and bench.png to --out; --json prints the same object.
 """
 
@@ -31,6 +33,18 @@ COLUMNS = (
     "actions_per_s",
     "sustainable_hz",
     "execute_whole_chunk_hz",
+    "auto_remaining",
+    "async_held_pct",
+    "replans_per_s",
+    "full_held_pct",
+)
+
+
+CLOSED_LOOP = (
+    "what `rynn-edge run` would do at the action rate with each measured latency (+ the loop's switch "
+    "overhead), in steady state: auto_remaining = the K that --chunk-policy async picks (1.2 x p90 + "
+    "overhead, in actions, at most T-1); async_held_pct / full_held_pct = share of time the arm holds "
+    "for want of a chunk with async (that K) / full; replans_per_s = async chunk switches per second"
 )
 
 
@@ -68,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--action-rate", type=positive(float), default=30.0, help="actions per second on the arm (30)"
+    )
+    parser.add_argument(
+        "--loop-rate", type=float, default=100.0, help="servo loop rate of the closed-loop columns (100)"
     )
     parser.add_argument(
         "--weights",
@@ -153,7 +170,8 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
                     rows.append({**row, "queries": "n/a", "skipped": made})
                     continue
                 call, row["queries"] = made
-                stats = B.summarize_ms(B.time_calls(call, args.runs, args.warmup, runner.device))
+                samples = B.time_calls(call, args.runs, args.warmup, runner.device)
+                stats = B.summarize_ms(samples)
                 latency = stats["median_ms"] / 1e3
                 rows.append(
                     {
@@ -166,6 +184,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
                         "sustainable_hz": B.sustainable_hz(t, latency, args.action_rate),
                         "execute_whole_chunk_hz": B.execute_whole_chunk_hz(t, latency, args.action_rate),
                         "action_rate_hz": args.action_rate,
+                        **B.closed_loop(samples, t, args.action_rate, args.loop_rate),
                     }
                 )
     _ratios(rows)
@@ -174,6 +193,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         "environment": B.environment(args.device),
         "action_rate_hz": args.action_rate,
         "sustainable_hz_formula": "clip(min(f, T/L - f), 0, f) with f = action rate, L = median latency",
+        "closed_loop": CLOSED_LOOP,
         "timed": " ".join(timed.split()),
         "rows": rows,
     }
@@ -196,7 +216,8 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    from rynn_edge.runtime.bench.timing import pyplot, save_figure, where
+    from rynn_edge.runtime.bench.figures import pyplot, save_figure
+    from rynn_edge.runtime.bench.timing import where
 
     plt = pyplot()
     fig, (ax_lat, ax_rate) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -251,5 +272,6 @@ def run(args: argparse.Namespace) -> int:
         if "skipped" in row:
             print(f"skipped {row['backend']} {row['mode']} T={row['chunk_length']}: {row['skipped']}")
     print(f"sustainable_hz = {result['sustainable_hz_formula']}; weights {result['rows'][0]['weights']}")
+    print(f"closed loop: {result['closed_loop']}")
     print("wrote " + ", ".join(result["files"].values()))
     return 0

@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from rynn_edge.runtime.commands.run import DURATION, LOOP_RATE
+from rynn_edge.runtime.commands.run import DURATION, LOOP_RATE, add_chunk_arguments, chunk_options
 
 DEFAULT_INSTRUCTION = "pick up the red cube and put it in the box"
 BUNDLE_MARKER = ".complete"
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"cache for the tiny checkpoint and outputs (default {default_workdir()})",
     )
     parser.add_argument("--duration", type=DURATION, default=5.0, help="seconds to run (default 5)")
-    parser.add_argument("--chunk-policy", choices=("full", "async"), default="full")
+    add_chunk_arguments(parser)
     parser.add_argument(
         "--loop-rate", type=LOOP_RATE, default=100.0, help="servo loop rate, Hz (default 100)"
     )
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             calibration=str(calibration),
             cameras=[("front", "synthetic"), ("wrist", "synthetic")],
             instruction=args.instruction,
-            chunk_policy=args.chunk_policy,
+            **chunk_options(args),
             loop_rate_hz=args.loop_rate,
             duration_s=args.duration,
             episode_log=str(episode_log),

@@ -92,7 +92,8 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path, top: int) -> None:
-    from rynn_edge.runtime.bench.timing import pyplot, save_figure, where
+    from rynn_edge.runtime.bench.figures import pyplot, save_figure
+    from rynn_edge.runtime.bench.timing import where
 
     plt = pyplot()
     rows = sorted((r for s in result["stages"] for r in s["rows"]), key=lambda r: -r["mean_ms"])[:top]

@@ -12,6 +12,59 @@ LOOP_RATE = Number(float, 1, 1000)
 DURATION = positive(float)
 
 
+def _remaining(text: str) -> int | None:
+    """--async-remaining: `auto` (None) or K >= 1."""
+    if text.strip() == "auto":
+        return None
+    try:
+        return positive(int)(text)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{err} (or auto)") from None
+
+
+def add_chunk_arguments(parser: argparse.ArgumentParser) -> None:
+    """How actions are chunked and re-planned (run and demo)."""
+    parser.add_argument(
+        "--chunk-policy",
+        choices=("full", "async"),
+        default="full",
+        help="full: run the whole chunk, then re-query (upstream); async: re-plan early and blend",
+    )
+    parser.add_argument(
+        "--async-remaining",
+        type=_remaining,
+        default=None,
+        metavar="K",
+        help="async: query the next chunk when K actions remain, below the chunk length T (default auto: "
+        "from the measured inference latency, ceil((1.2 x p90 of the last 20 + switch overhead) x rate), "
+        "at most T-1)",
+    )
+    parser.add_argument(
+        "--extra-latency",
+        type=non_negative(float),
+        default=0.0,
+        metavar="MS",
+        help="add MS to every inference (a sleep in the policy worker): rehearse a slower model or "
+        "device against the simulator",
+    )
+    parser.add_argument(
+        "--rate",
+        type=Number(float, 0, 1000, lo_open=True),
+        default=30.0,
+        help="action rate of the dataset, Hz (default 30)",
+    )
+
+
+def chunk_options(args: argparse.Namespace) -> dict:
+    """The RunConfig fields of `add_chunk_arguments`."""
+    return {
+        "chunk_policy": args.chunk_policy,
+        "async_remaining": args.async_remaining,
+        "rate_hz": args.rate,
+        "extra_latency_s": args.extra_latency / 1e3,
+    }
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from rynn_edge.runtime.robot.report import EXIT_CODES_HELP
 
@@ -55,25 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--camera", action="append", default=[], metavar="NAME=SOURCE", help="a camera (repeat, prompt order)"
     )
     parser.add_argument("--instruction", required=True, help="task instruction given to the model")
-    parser.add_argument(
-        "--chunk-policy",
-        choices=("full", "async"),
-        default="full",
-        help="full: run the whole chunk, then re-query (upstream); async: re-plan early and blend",
-    )
-    parser.add_argument(
-        "--async-remaining",
-        type=positive(int),
-        default=8,
-        metavar="K",
-        help="async: query the next chunk when K actions remain (default 8; below the chunk length)",
-    )
-    parser.add_argument(
-        "--rate",
-        type=Number(float, 0, 1000, lo_open=True),
-        default=30.0,
-        help="action rate of the dataset, Hz (default 30)",
-    )
+    add_chunk_arguments(parser)
     parser.add_argument(
         "--loop-rate", type=LOOP_RATE, default=100.0, help="servo loop rate, Hz (default 100)"
     )
@@ -149,9 +184,7 @@ def config_from_args(args: argparse.Namespace):
         calibration=args.calibration,
         cameras=parse_camera_specs(args.camera),
         instruction=args.instruction,
-        chunk_policy=args.chunk_policy,
-        async_remaining=args.async_remaining,
-        rate_hz=args.rate,
+        **chunk_options(args),
         loop_rate_hz=args.loop_rate,
         duration_s=args.duration,
         episode_log=str(args.episode_log) if args.episode_log else None,

@@ -28,13 +28,20 @@ from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.robot import so100
 from rynn_edge.runtime.robot.calibration import JointMap, load_calibration
 from rynn_edge.runtime.robot.cameras import Camera
-from rynn_edge.runtime.robot.chunking import ChunkScheduler
+from rynn_edge.runtime.robot.chunking import (
+    SUBMIT_MARGIN_CYCLES,
+    SUPERVISOR_TICK_S,
+    ChunkScheduler,
+    switch_overhead_s,
+)
 from rynn_edge.runtime.robot.episode_log import EpisodeLog
+from rynn_edge.runtime.robot.episode_metrics import EpisodeTrace, episode_metrics
 from rynn_edge.runtime.robot.policy import Observation, open_policy
 from rynn_edge.runtime.robot.report import ExitReason, RunStats, print_status, summary
 
 REST_CHUNK_ID = -2  # chunk id of the move to the rest pose in the episode log
 REST_TOLERANCE_TICKS = 3
+BUS_RECORD_INTERVAL_NS = 500_000_000  # how often the episode log gets the bus error counters
 TORQUE_CONFIRM_ATTEMPTS = 4
 
 
@@ -51,7 +58,8 @@ class RunConfig:
     stats: str | None = None
     baud: int = 1_000_000
     chunk_policy: str = "full"
-    async_remaining: int = 8
+    async_remaining: int | None = None  # async: fixed K rows left at a query; None: from the latency
+    extra_latency_s: float = 0.0  # added to every inference (rehearse a slower model)
     rate_hz: float = 30.0
     loop_rate_hz: float = 100.0
     duration_s: float | None = None
@@ -93,11 +101,13 @@ class Supervisor:
         self.log: EpisodeLog | None = None
         self.cameras: list[Camera] = []
         self.policy = None
+        self.sched: ChunkScheduler | None = None
         self.bus = None
         self.loop = None
         self.joints: JointMap | None = None
         self.signal_reason: ExitReason | None = None
         self.measured = RunStats()
+        self.trace = EpisodeTrace()  # the records, for the seam and starvation metrics of the summary
         self.missed: dict[int, int] = {}
         self.last_present: np.ndarray | None = None
         self.last_t_ns = 0
@@ -144,6 +154,7 @@ class Supervisor:
             backend=cfg.backend,
             stats=cfg.stats,
             robot="so100",
+            extra_latency_s=cfg.extra_latency_s,
             server=cfg.server,
             server_timeout=cfg.server_timeout_s,
         )
@@ -159,6 +170,17 @@ class Supervisor:
             want = " or ".join(map(str, self.policy.image_counts))
             raise UserError(f"the model takes {want} camera views; got {len(cfg.cameras)} --camera")
         self.measured.warm_up_s = self.policy.warm_up([cam.latest().image for cam in self.cameras])
+        try:
+            self.sched = ChunkScheduler(
+                cfg.chunk_policy,
+                cfg.rate_hz,
+                self.policy.time_horizon,
+                remaining=cfg.async_remaining,
+                overhead_s=switch_overhead_s(cfg.loop_rate_hz),
+                latency_hint_s=self.measured.warm_up_s,
+            )
+        except ValueError as err:
+            raise UserError(f"--chunk-policy async: {err}") from None
         self._check_signal()
         self._wait_for_port()
         try:
@@ -201,17 +223,23 @@ class Supervisor:
             "cameras": cfg.cameras,
             "instruction": cfg.instruction,
             "chunk_policy": cfg.chunk_policy,
+            "async_remaining": cfg.async_remaining,
+            "extra_latency_s": cfg.extra_latency_s,
             "rate_hz": cfg.rate_hz,
             "loop_rate_hz": cfg.loop_rate_hz,
+            "time_horizon": self.policy.time_horizon,
             "motors": list(so100.MOTORS),
             "norm_modes": [m.value for m in so100.NORM_MODES.values()],
         }
 
     def _write(self, kind: str, **fields: Any) -> None:
+        """One record: to the trace the summary is made from, and the same values to the episode log."""
+        record = {"t_ns": time.monotonic_ns(), **fields}
+        self.trace.add(kind, record)
         if self.log is None:
             return
         try:
-            self.log.write(kind, t_ns=time.monotonic_ns(), **fields)
+            self.log.write(kind, **record)
         except OSError as err:
             # Stop logging at the first failure: every line written so far stays complete and readable.
             self._log_failed(err)
@@ -286,15 +314,14 @@ class Supervisor:
 
         cfg = self.cfg
         assert self.joints is not None
-        sched = ChunkScheduler(
-            cfg.chunk_policy, cfg.rate_hz, self.policy.time_horizon, remaining=cfg.async_remaining
-        )
-        tick_ns = 5_000_000
-        submit_margin_ns = 2 * round(1e9 / cfg.loop_rate_hz)
+        sched = self.sched
+        tick_ns = round(SUPERVISOR_TICK_S * 1e9)
+        submit_margin_ns = SUBMIT_MARGIN_CYCLES * round(1e9 / cfg.loop_rate_hz)
         t_start_ns = self.measured.t_start_ns = time.monotonic_ns()
         end_ns = t_start_ns + int(cfg.duration_s * 1e9) if cfg.duration_s else None
         query_since = 0
         next_status = t_start_ns + 500_000_000
+        next_bus = t_start_ns + BUS_RECORD_INTERVAL_NS
         while True:
             now = time.monotonic_ns()
             self._check_signal()
@@ -313,6 +340,7 @@ class Supervisor:
                 rows = np.stack([self.joints.to_raw(row) for row in plan.goals])
                 self.loop.submit_chunk(plan.t0_ns, rows, plan.chunk_id)
                 self.measured.add_chunk(result.latency_s)
+                sched.observe_latency(result.latency_s)
                 self._write(
                     "chunk",
                     chunk_id=plan.chunk_id,
@@ -337,6 +365,7 @@ class Supervisor:
                     state=self.joints.to_units(self.last_present),
                     t_ns=self.last_t_ns,
                 )
+                budget_s, remaining = sched.budget_s(now), sched.remaining
                 chunk_id = self.policy.submit(obs)
                 sched.start_query()
                 query_since = now
@@ -344,7 +373,18 @@ class Supervisor:
                 if cfg.log_frames and self.log is not None:
                     images = dict(zip((cam.name for cam in self.cameras), obs.images, strict=True))
                     frames = self.log.save_frames(f"chunk{chunk_id:06d}", images)
-                self._write("query", chunk_id=chunk_id, t_obs_ns=obs.t_ns, state=obs.state, frames=frames)
+                self._write(
+                    "query",
+                    chunk_id=chunk_id,
+                    t_obs_ns=obs.t_ns,
+                    state=obs.state,
+                    frames=frames,
+                    budget_s=budget_s,
+                    remaining=remaining,
+                )
+            if now >= next_bus:
+                self._write_bus()
+                next_bus = now + BUS_RECORD_INTERVAL_NS
             if cfg.status_line and now >= next_status:
                 print_status(self.measured.status_line(now, self._bus_stats()))
                 next_status = now + 500_000_000
@@ -436,6 +476,11 @@ class Supervisor:
     def _bus_stats(self) -> dict[int, dict[str, int]]:
         return {} if self.bus is None else self.bus.stats()["per_id"]
 
+    def _write_bus(self) -> None:
+        """The bus error counters so far, summed over the servos (the plot draws them over time)."""
+        per_id = self._bus_stats().values()
+        self._write("bus", **{key: sum(st[key] for st in per_id) for key in ("timeouts", "checksum_errors")})
+
     def _per_servo(self, key: str) -> dict[str, int]:
         if self.loop is None:
             return {}
@@ -453,6 +498,7 @@ class Supervisor:
             bus={so100.MOTOR_NAMES.get(int(sid), str(sid)): st for sid, st in self._bus_stats().items()},
             torque_report=self.torque_report,
             episode_log=self.cfg.episode_log,
+            metrics=episode_metrics(self.trace),
         )
 
     # -- entry point ---------------------------------------------------------------------------------
@@ -480,6 +526,8 @@ class Supervisor:
                 outcome = Outcome(ExitReason.INTERNAL_ERROR, f"{type(err).__name__}: {err}")
             finally:
                 problems = self._safe_stop() if self.bus is not None else []
+            if self.bus is not None:
+                self._write_bus()
             outcome = self._with_problems(outcome, problems)
             outcome.summary = self.summary(outcome)
             self._write("end", **outcome.summary)

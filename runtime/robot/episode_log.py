@@ -4,9 +4,10 @@ A crash or power cut loses at most the last sync interval; the file never needs 
 skips a truncated final line (the only place a torn write can be) and rejects damage anywhere else.
 
 Record kinds (field `kind`): `start` (configuration), `step` (one servo-loop cycle: timestamps, state,
-goal sent, chunk id), `chunk` (one inference: observation time, latency, goals), `event` (fault,
-camera loss, ...), `end` (exit reason and summary). Camera frames, when asked for, go to JPEG files
-in `<log>.frames/`, named in the record of the query that used them.
+goal sent, chunk id, held), `query` (an observation sent to the policy: its time budget and the K
+rows left), `chunk` (one inference: observation time, latency, goals, the plan), `bus` (cumulative bus
+timeouts / checksum errors, every ~0.5 s), `end` (exit reason and summary). Camera frames, when asked
+for, go to JPEG files in `<log>.frames/`, named in the record of the query that used them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +88,19 @@ class CorruptLogError(ValueError):
     """A record before the last one does not parse: the file was damaged, not just cut short."""
 
 
-def iter_episode(path: str | Path) -> Iterator[dict]:
-    lines = Path(path).read_bytes().split(b"\n")
-    # A complete file ends with "\n", so the last element is empty; anything else there is a torn write.
-    for number, line in enumerate(lines[:-1], start=1):
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError as err:
-            raise CorruptLogError(f"{path}: line {number} is not a JSON record: {err}") from None
+def iter_episode(path: str | Path, on_torn: Callable[[int], None] | None = None) -> Iterator[dict]:
+    """The records of a log, streamed; a truncated last line is skipped (`on_torn(line number)`)."""
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            # A complete record ends with "\n"; a last line without one is a torn write.
+            if not line.endswith(b"\n"):
+                if on_torn is not None:
+                    on_torn(number)
+                return
+            try:
+                yield json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise CorruptLogError(f"{path}: line {number} is not a JSON record: {err}") from None
 
 
 def read_episode(path: str | Path) -> list[dict]:

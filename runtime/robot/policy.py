@@ -40,8 +40,11 @@ class ChunkResult:
 
 
 class Policy:
-    def __init__(self, predictor: Predictor, instruction: str, mode: str = "continuous"):
+    def __init__(
+        self, predictor: Predictor, instruction: str, mode: str = "continuous", extra_latency_s: float = 0.0
+    ):
         self.predictor = predictor
+        self.extra_latency_s = extra_latency_s  # added to every query: rehearse a slower model
         self.instruction = instruction
         self.mode = mode
         self.time_horizon = predictor.backend.time_horizon
@@ -109,6 +112,8 @@ class Policy:
             raise NonFiniteActions(
                 f"chunk {chunk_id}: the model returned non-finite actions (NaN/inf); check weights and stats"
             )
+        if self.extra_latency_s > 0:
+            time.sleep(self.extra_latency_s)
         return ChunkResult(chunk_id, out.actions, goals, observation.t_ns, time.perf_counter() - start)
 
     def _serve(self) -> None:
@@ -131,6 +136,8 @@ class Policy:
                 self._cond.notify_all()
 
 
-def open_policy(model: str | Path, *, instruction: str, mode: str = "continuous", **options) -> Policy:
+def open_policy(
+    model: str | Path, *, instruction: str, mode: str = "continuous", extra_latency_s: float = 0.0, **options
+) -> Policy:
     """A policy over a checkpoint or artifact folder; `options` as for `predictor.open_predictor`."""
-    return Policy(open_predictor(model, **options), instruction, mode)
+    return Policy(open_predictor(model, **options), instruction, mode, extra_latency_s)

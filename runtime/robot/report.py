@@ -10,6 +10,7 @@ import enum
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,15 +45,22 @@ class ExitReason(enum.Enum):
 EXIT_CODES_HELP = "exit codes: " + ", ".join(f"{r.code} {r.label}" for r in ExitReason) + ", 2 bad input"
 
 
-def percentiles(values: list[float], scale: float = 1.0) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p99": None, "max": None}
+def percentiles(
+    values: Sequence[float] | np.ndarray,
+    scale: float = 1.0,
+    points: Sequence[int] = (50, 99),
+    *,
+    low: bool = False,
+) -> dict[str, float | None]:
+    """{"p50", "p99", "max"} (the `points` asked for; with `low`, "min" first), rounded to 3 decimals."""
+    keys = (["min"] if low else []) + [f"p{p}" for p in points] + ["max"]
     arr = np.asarray(values, dtype=np.float64) * scale
-    return {
-        "p50": round(float(np.percentile(arr, 50)), 3),
-        "p99": round(float(np.percentile(arr, 99)), 3),
-        "max": round(float(arr.max()), 3),
-    }
+    if arr.size == 0:
+        return dict.fromkeys(keys)
+    out = {"min": round(float(arr.min()), 3)} if low else {}
+    out.update({f"p{p}": round(float(np.percentile(arr, p)), 3) for p in points})
+    out["max"] = round(float(arr.max()), 3)
+    return out
 
 
 @dataclass
@@ -108,7 +116,9 @@ def summary(
     bus: dict[str, dict[str, int]],
     torque_report: dict[str, list[int]],
     episode_log: str | None,
+    metrics: dict[str, Any],
 ) -> dict[str, Any]:
+    """The end-of-run summary; `metrics`: `episode_metrics.episode_metrics` (seams, starvation, ...)."""
     return {
         "exit_reason": exit_reason,
         "exit_code": exit_code,
@@ -127,6 +137,7 @@ def summary(
         "bus": bus,
         **torque_report,
         "episode_log": episode_log,
+        **metrics,
     }
 
 
@@ -144,9 +155,42 @@ def print_outcome(result: dict[str, Any], as_json: bool) -> None:
         f"p99 {err['p99']} max {err['max']}"
     )
     print(f"  inference ms p50 {lat['p50']} p99 {lat['p99']}; chunks executed {s['chunks_executed']}")
+    for line in metric_lines(s):
+        print(line)
     for name, st in s["bus"].items():
         print(f"  {name:14s} " + " ".join(f"{k} {v}" for k, v in st.items()))
     if "torque_off" in s:
         print(f"  torque off: ids {s['torque_off']}; no answer: ids {s['no_answer']}")
     if s.get("episode_log"):
         print(f"  episode log: {Path(s['episode_log'])}")
+
+
+def metric_lines(m: dict[str, Any]) -> list[str]:
+    """The seam and starvation fields of a summary (or of `episode_metrics`) as a few text lines."""
+    st, seams, infer, rp = (m[k] for k in ("starvation", "seams", "inference_budget", "replanning"))
+    lines = []
+    if st["held_fraction"] is not None:
+        lines.append(
+            f"  held for want of a chunk: {100 * st['held_fraction']:.1f}% of {st['cycles']} cycles "
+            f"({st['held_cycles']} held; start-up {st['startup_cycles']} and stop {st['stop_cycles']} apart)"
+        )
+    k, used = rp["async_remaining"], rp["remaining_used"]
+    k_text = "" if k is None else f", K {k}"
+    if k == "auto" and used["min"] is not None:
+        k_text += f" ({used['min']:g}..{used['max']:g} rows)"
+    lines.append(
+        f"  policy {rp['chunk_policy']}{k_text}: {seams['switches']} switches"
+        f" ({rp['replans_per_s'] or 0:.2f}/s), {seams['slew_limited_switches']} at the slew limit"
+    )
+    lat, budget = infer["latency_ms"], infer["budget_ms"]
+    lines.append(
+        f"  inference ms p50 {lat['p50']} p90 {lat['p90']} p99 {lat['p99']} vs budget ms p50 {budget['p50']}"
+        f" min {budget['min']}: {infer['late']} of {infer['with_budget']} late"
+    )
+    if seams["switches"] and seams["per_joint"]:
+        jumps = ", ".join(
+            f"{name} {v['at_switch']['p50']}/{v['at_switch']['max']} vs {v['inside']['p99']}"
+            for name, v in ((name, j["velocity_jump"]) for name, j in seams["per_joint"].items())
+        )
+        lines.append(f"  goal velocity jump, units/s (at switches p50/max vs inside chunks p99): {jumps}")
+    return lines
