@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rynn-edge {args.command}: error: {err}", file=sys.stderr)
             return 2
     except KeyboardInterrupt:
+        # A second Ctrl-C (or one still pending from C code) must not kill the process by the signal
+        # while it shuts down: the exit code stays 130.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("rynn-edge: interrupted", file=sys.stderr)
         return 130
 
