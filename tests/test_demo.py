@@ -20,6 +20,12 @@ def test_demo_runs_end_to_end_and_caches_its_checkpoint(tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert "writing a tiny random SO100 checkpoint" in proc.stdout
+    # The simulator asks for real-time scheduling and says whether it got it; the status line says whose
+    # errors it counts.
+    assert (
+        "simulator scheduling: SCHED_FIFO" in proc.stdout or "simulator scheduling: normal (" in proc.stdout
+    )
+    assert "simulated bus errors" in proc.stderr
     summary = json.loads(lines[-1])
     assert summary["exit_reason"] == "completed" and summary["torque_off"] == [1, 2, 3, 4, 5, 6]
     assert summary["cycles"] > 50 and summary["chunks_executed"] >= 1

@@ -78,6 +78,7 @@ class RunConfig:
     server: str | None = None  # --backend triton: the server's HOST:PORT
     server_timeout_s: float = 30.0
     status_line: bool = True
+    bus_label: str = "bus"  # what the status line calls the bus (the demo: its simulator)
 
 
 @dataclass
@@ -386,7 +387,7 @@ class Supervisor:
                 self._write_bus()
                 next_bus = now + BUS_RECORD_INTERVAL_NS
             if cfg.status_line and now >= next_status:
-                print_status(self.measured.status_line(now, self._bus_stats()))
+                print_status(self.measured.status_line(now, self._bus_stats(), cfg.bus_label))
                 next_status = now + 500_000_000
             time.sleep(max(0.0, (now + tick_ns - time.monotonic_ns()) / 1e9))
 

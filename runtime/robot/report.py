@@ -89,14 +89,14 @@ class RunStats:
             return None
         return (self.cycles - 1) / ((self.last_cycle_ns - self.first_cycle_ns) / 1e9)
 
-    def status_line(self, now_ns: int, bus_stats: dict[int, dict[str, int]]) -> str:
+    def status_line(self, now_ns: int, bus_stats: dict[int, dict[str, int]], bus_label: str = "bus") -> str:
         jitter = percentiles(self.period_errors_ns[-200:], 1e-6)["p99"]
         infer = f"{self.latencies_s[-1] * 1e3:.0f} ms" if self.latencies_s else "-"
         errors = sum(v.get("timeouts", 0) + v.get("checksum_errors", 0) for v in bus_stats.values())
         return (
             f"t {(now_ns - self.t_start_ns) / 1e9:5.1f} s | loop {self.loop_hz() or 0:6.1f} Hz"
             f" | jitter p99 {jitter or 0:.2f} ms | inference {infer} | chunks {self.chunks_executed}"
-            f" | bus errors {errors}"
+            f" | {bus_label} errors {errors}"
         )
 
 
