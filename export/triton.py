@@ -100,7 +100,8 @@ def _type(wire_dtype: str) -> str:
 
 def step_config(manifest: dict[str, Any], stats: dict, kind: str = "auto") -> str:
     model = manifest["model"]
-    meta = wire.metadata(model.get("robot"), model["time_horizon"], model["action_dim"], 256, stats)
+    precision = manifest["stages"].get("backbone_prefill", {}).get("precision", "unknown")
+    meta = wire.metadata(model, precision, 256, stats)
     ins = [_tensor(t.name, _type(t.dtype), t.dims, t.optional) for t in wire.STEP_INPUTS]
     outs = [_tensor(t.name, _type(t.dtype), t.dims) for t in wire.STEP_OUTPUTS]
     return config_pbtxt(wire.STEP_MODEL, ins, outs, kind=kind, parameters={wire.METADATA_KEY: meta})

@@ -132,9 +132,9 @@ class Predictor:
         if state.shape != (state_dim,):
             raise UserError(f"state has {state.size} values, the {self.robot} stats expect {state_dim}")
 
-    def encode_images(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
-        """All views as one batch -> raw VQ codes int64 [N, h*w]."""
-        return self.backend.vq_encode(to_model_input(images, self.image_size).numpy())
+    def encode_images(self, images: Sequence[Image.Image | np.ndarray], size: int = 0) -> np.ndarray:
+        """All views as one batch at `size` (default: the predictor's) -> raw VQ codes int64 [N, h*w]."""
+        return self.backend.vq_encode(to_model_input(images, size or self.image_size).numpy())
 
     def vla_prompt(
         self, images: Sequence[Image.Image | np.ndarray], state: np.ndarray, instruction: str

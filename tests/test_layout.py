@@ -27,13 +27,13 @@ FLOORS = [
     ],
     # serving.wire: the whole-step model's tensors, shared by the exporter, the server and the triton backend
     ["rynn_edge.runtime.decoding", "rynn_edge.runtime.backends", "rynn_edge.runtime.serving.wire"],
-    ["rynn_edge.runtime.predictor", "rynn_edge.runtime.tiny"],
+    ["rynn_edge.runtime.predictor", "rynn_edge.runtime.world_model", "rynn_edge.runtime.tiny"],
     # serving: the server side (Triton models and process, LeRobot endpoint) runs the predictor
     ["rynn_edge.runtime.robot", "rynn_edge.runtime.bench", "rynn_edge.runtime.serving"],
     ["rynn_edge.runtime.commands", "rynn_edge.export"],
     ["rynn_edge.runtime.cli"],
 ]
-TOP_LEVEL_MODULES = {"__init__", "cli", "errors", "argtypes", "predictor", "decoding"}
+TOP_LEVEL_MODULES = {"__init__", "cli", "errors", "argtypes", "predictor", "world_model", "decoding"}
 RUNTIME_FOLDERS = {"model", "tokens", "backends", "robot", "sim", "bench", "tiny", "commands", "serving"}
 
 

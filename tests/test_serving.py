@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from PIL import Image
 from serving import start_serve, stop_serve
 
 from rynn_edge.runtime.backends.artifact import Artifact
@@ -118,3 +119,44 @@ def test_sigterm_stops_the_server(so100_fp32):
         import os
 
         os.kill(server.tritonserver_pid, 0)
+
+
+def imagine_json(capsys, art, frames, out, backend, *extra):
+    capsys.readouterr()
+    args = ["imagine", str(art), "--backend", backend, "--image", str(frames[0]), "--action", "1,2,3,4,5,20",
+            "--prompt", "lerobot", "--out", str(out), "--json", *extra]  # fmt: skip
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def test_imagine_through_triton_equals_onnxruntime(capsys, served, so100_fp32, frames, tmp_path):
+    art, _ = so100_fp32
+    local = imagine_json(capsys, art, frames, tmp_path / "local.png", "onnxruntime")
+    remote = imagine_json(capsys, art, frames, tmp_path / "remote.png", "triton", "--server", served.grpc)
+    for key in ("prompt_ids", "vq_codes", "generated_tokens", "problems"):
+        assert remote[key] == local[key], key
+    assert len(remote["generated_tokens"]) == 277 and remote["images"] == [str(tmp_path / "remote.png")]
+    pixels = [np.asarray(Image.open(tmp_path / name)) for name in ("local.png", "remote.png")]
+    assert pixels[0].shape == (256, 256, 3) and np.array_equal(pixels[0], pixels[1])
+    code = main(["imagine", str(art), "--backend", "triton", "--server", served.grpc, "--image",
+                 str(frames[0]), "--action", "1,2", "--out", str(tmp_path / "x.png")])  # fmt: skip
+    assert code == 2 and "--action has 2 values, the world-model stats expect 6" in capsys.readouterr().err
+
+
+def test_bench_through_triton_against_in_process(capsys, served, so100_fp32, tmp_path):
+    art, manifest = so100_fp32
+    horizon = manifest["model"]["time_horizon"]
+    capsys.readouterr()
+    code = main(["bench", str(art), "--backend", "triton", "--server", served.grpc, "--chunk-lengths",
+                 f"1,{horizon}", "--runs", "2", "--warmup", "1", "--no-plot", "--out", str(tmp_path),
+                 "--compare", "onnxruntime", "--json"])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    rows = {(r["backend"], r["chunk_length"]): r for r in json.loads(out.out)["rows"]}
+    remote, local = rows[("triton", horizon)], rows[("onnxruntime", horizon)]
+    assert (remote["precision"], remote["weights"], remote["device"]) == ("fp32", "random", "server")
+    assert remote["median_ms"] > 0 and remote["prompt_tokens"] == local["prompt_tokens"]
+    assert local["speedup_vs_first"] > 0
+    assert rows[("triton", 1)]["skipped"] == f"the served model's action head is built for T={horizon}"

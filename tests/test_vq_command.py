@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 
 from rynn_edge.runtime.cli import main
-from rynn_edge.runtime.commands.vq import codes_from_image_tokens
 from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.model.vqgan import VQGAN
 from rynn_edge.runtime.tiny.tokenizer import write_tiny_tokenizer
 from rynn_edge.runtime.tiny.vq import write_tiny_vq
+from rynn_edge.runtime.tokens.image_layout import codes_from_image_tokens
 from rynn_edge.runtime.tokens.images import load_image, to_model_input
 from rynn_edge.runtime.tokens.vocab import IMAGE_END_ID, IMAGE_START_ID, ROW_END_ID, ImageVocab, size_token_id
 

@@ -34,6 +34,14 @@ def _client_module(server: str) -> tuple[Any, str]:
     return client, server.removeprefix("grpc://")
 
 
+def _views(images: Sequence[Any]) -> list[np.ndarray]:
+    return [np.asarray(image.convert("RGB")) if hasattr(image, "convert") else image for image in images]
+
+
+def _nbytes(array: np.ndarray) -> int:
+    return sum(map(len, array.reshape(-1))) if array.dtype == object else array.nbytes
+
+
 class TritonBackend:
     name = "triton"
 
@@ -54,6 +62,8 @@ class TritonBackend:
         self.action_dim = int(meta["action_dim"])
         self.image_size = int(meta["image_size"])
         self.stats: dict = meta["stats"]
+        self.hidden_size = int(meta.get("hidden_size") or 0)  # 0: a repository exported before it was stated
+        self.precision: str = meta.get("precision", "unknown")
         self._has_goals = embodiment(self.robot, self.action_dim).goals is not None
         self.last_request_bytes = 0
         self.last_response_bytes = 0
@@ -80,21 +90,36 @@ class TritonBackend:
         parallel: bool,
     ) -> dict[str, Any]:
         """One whole step on the server -> `Prediction` keyword arguments."""
-        views = [np.asarray(image.convert("RGB")) if hasattr(image, "convert") else image for image in images]
-        arrays = wire.step_inputs(views, state, instruction, mode, max_new_tokens, parallel)
+        arrays = wire.step_inputs(_views(images), state, instruction, mode, max_new_tokens, parallel)
+        return wire.prediction_fields(self._request(arrays), mode, self._has_goals)
+
+    def imagine(
+        self,
+        images: Sequence[Any],
+        action: np.ndarray,
+        sentence: str,
+        image_size: int,
+        unconstrained: bool,
+        max_new_tokens: int | None,
+    ) -> dict[str, Any]:
+        """One world-model query on the server -> `Imagined` keyword arguments."""
+        views = _views(images)
+        arrays = wire.world_inputs(views, action, sentence, image_size, unconstrained, max_new_tokens)
+        return wire.imagined_fields(self._request(arrays))
+
+    def _request(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = []
-        for spec in wire.STEP_INPUTS:
-            if spec.name in arrays:
-                tensor = self._lib.InferInput(spec.name, list(arrays[spec.name].shape), spec.dtype)
-                tensor.set_data_from_numpy(arrays[spec.name])
-                inputs.append(tensor)
+        for name, array in arrays.items():
+            dtype = next(t.dtype for t in wire.STEP_INPUTS if t.name == name)
+            tensor = self._lib.InferInput(name, list(array.shape), dtype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
         outputs = [self._lib.InferRequestedOutput(t.name) for t in wire.STEP_OUTPUTS]
         result = self._call(self._infer, inputs, outputs)
         response = {t.name: result.as_numpy(t.name) for t in wire.STEP_OUTPUTS}
-        self.last_request_bytes = sum(a.nbytes if a.dtype != object else sum(map(len, a.reshape(-1)))
-                                      for a in arrays.values())  # fmt: skip
-        self.last_response_bytes = sum(a.nbytes for a in response.values())
-        return wire.prediction_fields(response, mode, self._has_goals)
+        self.last_request_bytes = sum(_nbytes(a) for a in arrays.values())
+        self.last_response_bytes = sum(_nbytes(a) for a in response.values())
+        return response
 
     def _infer(self, inputs, outputs):
         if self._grpc:
@@ -103,8 +128,8 @@ class TritonBackend:
 
     def _whole_steps_only(self, *_args, **_kwargs):
         raise UserError(
-            "--backend triton runs whole steps on the server (predict, imagine's world model is not served "
-            "yet); per-stage calls over the network would ship the KV cache every token"
+            "--backend triton runs whole queries on the server (predict, imagine, run, bench); per-stage "
+            "calls over the network would ship the KV cache every token"
         )
 
     vq_encode = actions = step_model = vq_decode = _whole_steps_only

@@ -12,6 +12,12 @@ The head for T: the checkpoint's own queries where T equals its time_horizon (`q
 otherwise the same weights with synthetic queries, N(0, std of the real ones) (`queries: synthetic`);
 an onnxruntime artifact's head graph has T baked in, so other T run a head graph exported here with
 random weights (same shapes and precision; latency does not depend on the values).
+
+Over a Triton server (`--backend triton`) a chunk is one whole `rynn_step` request from the robot side:
+the frames, state and instruction up, the actions back, with everything above (VQ encode, the prompt,
+the networks, parsing) on the server and the network round trip included. Only the served model's T
+runs, and discrete modes are real greedy queries there (not teacher-forced: random weights may stop
+early at 8710 or a malformed block, so their step count is the model's, not T(A+2)).
 """
 
 from __future__ import annotations
@@ -172,12 +178,58 @@ class ChunkRunner:
         return call, queries
 
 
-def query_inputs(predictor) -> tuple[list[int], np.ndarray]:
+@dataclass
+class ServedRunner:
+    """Whole steps on a Triton server: `chunk(T, mode)` like ChunkRunner's, one request per call."""
 
+    backend: str
+    precision: str
+    device: str
+    time_horizon: int
+    action_dim: int
+    prompt_ids: list[int]
+    pixels: np.ndarray
+    predictor: Predictor
+    views: list[np.ndarray]
+    state: np.ndarray
+    weights: str = "unknown"  # the caller labels it (the server states its hidden size)
+
+    def chunk(self, time_horizon: int, mode: str) -> tuple[Callable[[], object], str] | str:
+        if time_horizon != self.time_horizon:
+            return f"the served model's action head is built for T={self.time_horizon}"
+        if mode not in ("continuous", "discrete-sequential", "discrete-parallel"):
+            raise UserError(f"unknown mode {mode!r}: use continuous, discrete-sequential, discrete-parallel")
+        kind = "continuous" if mode == "continuous" else "discrete"
+
+        def call() -> None:
+            self.predictor.predict(
+                self.views, self.state, INSTRUCTION, kind, parallel=mode != "discrete-sequential"
+            )
+
+        return call, "checkpoint" if kind == "continuous" else "n/a"
+
+
+def synthetic_query(predictor: Predictor) -> tuple[list[np.ndarray], np.ndarray]:
+    """The views (as many as the robot's first image count) and the mid-range state of every timed query."""
     views = synthetic_views(predictor.embodiment.image_counts[0])
-    state = (predictor.stats.state.min + predictor.stats.state.max) / 2
+    return views, (predictor.stats.state.min + predictor.stats.state.max) / 2
+
+
+def query_inputs(predictor) -> tuple[list[int], np.ndarray]:
+    views, state = synthetic_query(predictor)
     ids, _ = predictor.vla_prompt(views, state, INSTRUCTION)
     return ids, to_model_input(views, predictor.image_size).numpy()
+
+
+def triton_runner(server: str, model: Path, timeout_s: float) -> ServedRunner:
+    """The served `rynn_step` (MODEL: the artifact folder, or the served model's name)."""
+    predictor = open_predictor(model, backend="triton", server=server, server_timeout=timeout_s)
+    backend = predictor.backend
+    views, state = synthetic_query(predictor)
+    ids = predictor.predict(views, state, INSTRUCTION).prompt_ids  # also checks the query is served
+    pixels = to_model_input(views, predictor.image_size).numpy()
+    return ServedRunner("triton", backend.precision, "server", backend.time_horizon, backend.action_dim,
+                        ids, pixels, predictor, views, state)  # fmt: skip
 
 
 def _check_raw(tokenizer: Path | None, vq: Path | None, precision: str) -> None:

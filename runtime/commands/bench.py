@@ -18,7 +18,7 @@ from typing import Any
 from rynn_edge.runtime.argtypes import NumberList, non_negative, positive
 from rynn_edge.runtime.errors import UserError
 
-BACKENDS = ("torch", "cuda", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "cuda", "onnxruntime", "tensorrt", "triton")
 MODES = ("continuous", "discrete-sequential", "discrete-parallel")
 COLUMNS = (
     "backend",
@@ -59,13 +59,16 @@ def _modes(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from rynn_edge.runtime.commands.measure_args import add_common_arguments
+    from rynn_edge.runtime.commands.predict import add_server_arguments
 
     add_common_arguments(parser, "bench-results")
+    add_server_arguments(parser)
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
         default=None,
-        help="default: torch, or onnxruntime for an artifact folder; cuda: the CUDA-graph fast path (GPU)",
+        help="default: torch, or onnxruntime for an artifact folder; cuda: the CUDA-graph fast path (GPU); "
+        "triton: whole steps on --server (MODEL: the artifact folder or the served model's name)",
     )
     parser.add_argument(
         "--precision", default=None, help="torch: fp32|bf16|fp16 (default fp32); onnxruntime: the artifact's"
@@ -98,33 +101,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="SPEC",
         help="extra runs BACKEND[:PRECISION][@PATH] in the same sweep; prints ratios to the "
-        "first (e.g. torch:fp32 torch:bf16 onnxruntime@ARTIFACTS)",
+        "first (e.g. torch:fp32 torch:bf16 onnxruntime@ARTIFACTS; triton@HOST:PORT serves MODEL)",
     )
 
 
-def _spec(text: str, args: argparse.Namespace) -> tuple[str, str | None, Path]:
+def _spec(text: str, args: argparse.Namespace) -> tuple[str, str | None, Path, str | None]:
+    """--compare SPEC -> (backend, precision, model, server); for triton, @ names the server."""
     head, _, path = text.partition("@")
     backend, _, precision = head.partition(":")
     if backend not in BACKENDS:
         raise UserError(f"--compare {text!r}: backend must be one of {', '.join(BACKENDS)}")
-    return backend, precision or None, Path(path) if path else args.model
+    if backend == "triton":
+        return backend, None, args.model, path or args.server
+    return backend, precision or None, Path(path) if path else args.model, None
 
 
-def _weights_label(model: Path, choice: str) -> str:
+def _weights_label(model: Path, choice: str, hidden: int = 0) -> str:
+    """`hidden`: the hidden size where it is known without the files (a served model states it)."""
     if choice != "auto":
         return choice
     config = model / "config.json"
-    hidden = json.loads(config.read_text()).get("hidden_size", 0) if config.is_file() else 0
+    if not hidden:
+        hidden = json.loads(config.read_text()).get("hidden_size", 0) if config.is_file() else 0
     if not hidden:
         manifest = model / "manifest.json"
         hidden = json.loads(manifest.read_text())["model"]["hidden_size"] if manifest.is_file() else 0
     return "random" if hidden < 4096 else "real"
 
 
-def _runner(backend: str, precision: str | None, model: Path, args: argparse.Namespace):
+def _runner(backend: str, precision: str | None, model: Path, server: str | None, args: argparse.Namespace):
     from rynn_edge.runtime.backends.artifact import Artifact
     from rynn_edge.runtime.bench import chunk_runners as chunk_bench
 
+    if backend == "triton":
+        if precision:
+            raise UserError("--precision: a served model runs at the precision it was exported with")
+        if not server:
+            raise UserError("--backend triton needs --server HOST:PORT (a `rynn-edge serve` endpoint)")
+        runner = chunk_bench.triton_runner(server, model, args.server_timeout)
+        runner.weights = _weights_label(model, args.weights, runner.predictor.backend.hidden_size)
+        return runner
     weights = _weights_label(model, args.weights)
     if backend in ("onnxruntime", "tensorrt"):
         if not Artifact.is_artifact(model):
@@ -144,11 +160,11 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     from rynn_edge.runtime.bench.chunk_runners import __doc__ as timed
     from rynn_edge.runtime.bench.roofline import decode_steps
 
-    specs = [(args.backend, args.precision, args.model)] + [_spec(s, args) for s in args.compare]
+    specs = [(args.backend, args.precision, args.model, args.server)] + [_spec(s, args) for s in args.compare]
     rows: list[dict[str, Any]] = []
-    for backend, precision, model in specs:
+    for backend, precision, model, server in specs:
         backend = backend or ("onnxruntime" if (model / "manifest.json").is_file() else "torch")
-        runner = _runner(backend, precision, model, args)
+        runner = _runner(backend, precision, model, server, args)
         for mode in args.modes:
             for t in args.chunk_lengths:
                 row: dict[str, Any] = {

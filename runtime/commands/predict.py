@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rynn_edge.runtime.argtypes import NumberList, positive
+from rynn_edge.runtime.argtypes import Number, NumberList, positive
 from rynn_edge.runtime.errors import UserError
 
 if TYPE_CHECKING:
@@ -37,7 +37,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+def add_server_arguments(
+    parser: argparse.ArgumentParser, timeout: float | None = 30.0, default_timeout: str = "30"
+) -> None:
+    """--server and --server-timeout (`timeout` None: the command derives it, as `default_timeout` says)."""
     parser.add_argument(
         "--server",
         metavar="HOST:PORT",
@@ -46,10 +49,10 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--server-timeout",
-        type=float,
-        default=30.0,
+        type=Number(float, 0, 3600, lo_open=True),
+        default=timeout,
         metavar="SECONDS",
-        help="--backend triton: a request that takes longer fails (default 30)",
+        help=f"--backend triton: a request that takes longer fails (default {default_timeout})",
     )
 
 

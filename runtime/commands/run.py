@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rynn_edge.runtime.argtypes import Number, NumberList, non_negative, output_file, positive
+from rynn_edge.runtime.commands.predict import add_server_arguments
 from rynn_edge.runtime.errors import UserError
 
 # Ranges shared with `demo`. The loop must leave the bus time for a sync read + write per cycle.
@@ -82,14 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help="tokenizer folder (raw checkpoint only)")
     parser.add_argument("--vq", help="VQ tokenizer folder (raw checkpoint only)")
     parser.add_argument("--backend", default="torch", help="inference backend (default torch)")
-    parser.add_argument("--server", metavar="HOST:PORT", help="--backend triton: the Triton server (gRPC)")
-    parser.add_argument(
-        "--server-timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="--backend triton: a request that takes longer fails (default: --inference-deadline)",
-    )
+    # Twice the deadline: a server that hangs is caught by the deadline first (inference_stalled, 6);
+    # the client timeout then frees the policy worker.
+    add_server_arguments(parser, None, "twice --inference-deadline")
     parser.add_argument("--stats", help="normalisation stats: so100 (default), or a stats.json")
     parser.add_argument("--robot", choices=("so100",), default="so100")
     parser.add_argument(
@@ -200,7 +196,7 @@ def config_from_args(args: argparse.Namespace):
         status_line=not args.no_status,
         port_wait_s=args.port_wait,
         server=args.server,
-        server_timeout_s=args.server_timeout or args.inference_deadline,
+        server_timeout_s=args.server_timeout or 2 * args.inference_deadline,
     )
 
 

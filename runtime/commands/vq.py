@@ -20,8 +20,6 @@ from rynn_edge.runtime.argtypes import output_file
 if TYPE_CHECKING:
     import numpy as np
 
-    from rynn_edge.runtime.tokens.vocab import ImageVocab
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="vq_command", metavar="ACTION", required=True)
@@ -97,6 +95,7 @@ def _code_grid(data: Any, vq_dir: Path, *, source: str) -> np.ndarray:
     """[h, w] int64 codes from any of the accepted JSON layouts."""
 
     from rynn_edge.runtime.errors import UserError
+    from rynn_edge.runtime.tokens.image_layout import codes_from_image_tokens
     from rynn_edge.runtime.tokens.vocab import ImageVocab
 
     if isinstance(data, dict) and "codes" in data and "grid" in data:
@@ -111,20 +110,12 @@ def _code_grid(data: Any, vq_dir: Path, *, source: str) -> np.ndarray:
             raise UserError(f"{source}: a nested code list must be [rows][columns] of equal length")
         return codes
     if isinstance(data, list) and data:
-        return codes_from_image_tokens(
-            _int_array(data, source), ImageVocab.from_file(vq_dir / "text_tokenizer.json"), source=source
-        )
+        vocab = ImageVocab.from_file(vq_dir / "text_tokenizer.json")
+        return codes_from_image_tokens(_int_array(data, source), vocab, source)
     raise UserError(
         f'{source}: expected {{"codes": [...], "grid": [h, w]}}, a nested [h][w] code list, '
         "or a flat list of image token ids"
     )
-
-
-def codes_from_image_tokens(tokens: np.ndarray, vocab: ImageVocab, *, source: str = "tokens") -> np.ndarray:
-    """Image token ids as the model writes them -> [h, w] codes (upstream's decode_image, validated)."""
-    from rynn_edge.runtime.tokens.image_layout import ImageLayout
-
-    return vocab.codes_from_ids(ImageLayout.parse(tokens, source)[1])
 
 
 def _int_array(values: Any, source: str) -> np.ndarray:

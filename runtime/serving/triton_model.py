@@ -1,8 +1,9 @@
 """Inside Triton's Python backend: `rynn_step`, one whole control step per request.
 
 The server holds the predictor (tokenizer, tables, stats, the networks and the KV cache) over the
-artifact the repository sits in, and runs exactly what `Predictor.predict` runs in-process; the
-request carries raw frames, state and the instruction (`serving/wire.py`).
+artifact the repository sits in, and runs exactly what `Predictor.predict` (or, in mode world_model,
+`world_model.imagine`) runs in-process; the request carries raw frames, state and the instruction
+(`serving/wire.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from rynn_edge.runtime.serving import wire
 from rynn_edge.runtime.serving.wire import model_parameters, respond_with_error
+from rynn_edge.runtime.world_model import imagine
 
 
 class StepModel:
@@ -35,8 +37,13 @@ class StepModel:
                     for t in wire.STEP_INPUTS
                     if (tensor := pb.get_input_tensor_by_name(request, t.name)) is not None
                 }
-                prediction = self.predictor.predict(**wire.step_arguments(arrays))
-                outputs = wire.step_outputs(prediction, self.predictor.backend.action_dim)
+                action_dim = self.predictor.backend.action_dim
+                if wire.request_mode(arrays) == wire.WORLD_MODEL:
+                    imagined = imagine(self.predictor, **wire.world_arguments(arrays))
+                    outputs = wire.world_outputs(imagined, action_dim)
+                else:
+                    prediction = self.predictor.predict(**wire.step_arguments(arrays))
+                    outputs = wire.step_outputs(prediction, action_dim)
                 responses.append(pb.InferenceResponse([pb.Tensor(n, a) for n, a in outputs.items()]))
             except Exception as err:
                 responses.append(respond_with_error(pb, err))

@@ -4,7 +4,9 @@ model and the robot-side client, so the three cannot disagree.
 One request is one control step: the raw camera frames (uint8, padded to the largest view, with each
 view's real size beside them; the server resizes exactly as in-process), the state (float64, so
 binning and goals are the same arithmetic as in-process), the instruction, and optionally the mode.
-The server keeps the tokenizer, the tables and the KV cache; nothing per token crosses the network.
+Mode `world_model` is the world-model entry point instead (`rynn-edge imagine`): the frames and one
+action in, the generated tokens and the decoded next image(s) out. The server keeps the tokenizer,
+the tables and the KV cache; nothing per token crosses the network.
 """
 
 from __future__ import annotations
@@ -36,9 +38,14 @@ STEP_INPUTS = (
     Tensor("image_sizes", "INT32", (-1, 2)),  # [views, (h, w)]
     Tensor("state", "FP64", (-1,)),
     Tensor("instruction", "BYTES", (1,)),
-    Tensor("mode", "BYTES", (1,), optional=True),  # continuous (default) | discrete
-    Tensor("max_new_tokens", "INT32", (1,), optional=True),  # discrete cap (default 300)
+    Tensor("mode", "BYTES", (1,), optional=True),  # continuous (default) | discrete | world_model
+    Tensor("max_new_tokens", "INT32", (1,), optional=True),  # discrete (300) / unconstrained world model cap
     Tensor("sequential", "BOOL", (1,), optional=True),  # discrete: reference order, not batched blocks
+    # world_model only: the action (training units), the sentence, the model resolution, plain greedy
+    Tensor("action", "FP64", (-1,), optional=True),
+    Tensor("sentence", "BYTES", (1,), optional=True),  # libero | lerobot (default: by robot)
+    Tensor("image_size", "INT32", (1,), optional=True),  # default: by sentence (256 lerobot, 512 libero)
+    Tensor("unconstrained", "BOOL", (1,), optional=True),
 )
 STEP_OUTPUTS = (
     Tensor("prompt_ids", "INT64", (-1,)),
@@ -47,7 +54,10 @@ STEP_OUTPUTS = (
     Tensor("actions", "FP64", (-1, -1)),
     Tensor("goals", "FP64", (-1, -1)),  # [0, A] where the robot's actions are not joint positions
     Tensor("generated_tokens", "INT64", (-1,)),  # [0] in continuous mode
+    Tensor("generated_images", "UINT8", (-1, -1, -1, 3)),  # world_model: [N, H, W, 3]; else [0, 0, 0, 3]
+    Tensor("problems", "BYTES", (1,)),  # world_model: JSON list of malformed generated images
 )
+WORLD_MODEL = "world_model"
 NUMPY = {"UINT8": np.uint8, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "FP64": np.float64,
          "BOOL": np.bool_, "BYTES": np.object_}  # fmt: skip
 
@@ -74,13 +84,24 @@ def unpack_images(padded: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(view[:h, :w]) for view, (h, w) in zip(padded, sizes.tolist(), strict=True)]
 
 
-def metadata(robot: str, time_horizon: int, action_dim: int, image_size: int, stats: dict) -> str:
-    fields = {"robot": robot, "time_horizon": time_horizon, "action_dim": action_dim}
-    return json.dumps({**fields, "image_size": image_size, "stats": stats})
+def metadata(model: dict[str, Any], precision: str, image_size: int, stats: dict) -> str:
+    """The served model as the robot side plans with it (and `bench` labels it): the manifest's model
+    fields, the backbone's precision, the default image size and the stats."""
+    fields = {k: model.get(k) for k in ("robot", "time_horizon", "action_dim", "hidden_size")}
+    return json.dumps({**fields, "precision": precision, "image_size": image_size, "stats": stats})
 
 
 def read_metadata(text: str) -> dict[str, Any]:
     return json.loads(text)
+
+
+def _frames(images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    padded, sizes = pack_images(images)
+    return {"images": padded, "image_sizes": sizes}
+
+
+def _text(value: str) -> np.ndarray:
+    return np.asarray([value.encode()], dtype=np.object_)
 
 
 def step_inputs(
@@ -92,13 +113,11 @@ def step_inputs(
     parallel: bool = True,
 ) -> dict[str, np.ndarray]:
     """The request of one step, as arrays named and typed as in STEP_INPUTS."""
-    padded, sizes = pack_images(images)
     out = {
-        "images": padded,
-        "image_sizes": sizes,
+        **_frames(images),
         "state": np.asarray(state, dtype=np.float64).reshape(-1),
-        "instruction": np.asarray([instruction.encode()], dtype=np.object_),
-        "mode": np.asarray([mode.encode()], dtype=np.object_),
+        "instruction": _text(instruction),
+        "mode": _text(mode),
         "sequential": np.asarray([not parallel]),
     }
     if max_new_tokens is not None:
@@ -106,27 +125,79 @@ def step_inputs(
     return out
 
 
+def world_inputs(
+    images: Sequence[np.ndarray],
+    action: np.ndarray,
+    sentence: str,
+    image_size: int,
+    unconstrained: bool,
+    max_new_tokens: int | None,
+) -> dict[str, np.ndarray]:
+    """The request of one world-model query (state and instruction are required inputs: sent empty)."""
+    out = {
+        **_frames(images),
+        "state": np.zeros(0, dtype=np.float64),
+        "instruction": _text(""),
+        "mode": _text(WORLD_MODEL),
+        "action": np.asarray(action, dtype=np.float64).reshape(-1),
+        "sentence": _text(sentence),
+        "image_size": np.asarray([image_size], dtype=np.int32),
+        "unconstrained": np.asarray([unconstrained]),
+    }
+    if max_new_tokens is not None:
+        out["max_new_tokens"] = np.asarray([max_new_tokens], dtype=np.int32)
+    return out
+
+
+def _read_text(arrays: dict[str, np.ndarray], name: str, default: str) -> str:
+    value = arrays.get(name)
+    return default if value is None or value.size == 0 else bytes(value.reshape(-1)[0]).decode()
+
+
+def _scalar(arrays: dict[str, np.ndarray], name: str) -> np.generic | None:
+    return arrays[name].reshape(-1)[0] if name in arrays else None
+
+
+def request_mode(arrays: dict[str, np.ndarray]) -> str:
+    return _read_text(arrays, "mode", "continuous")
+
+
 def step_arguments(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """A request's arrays -> `Predictor.predict` keyword arguments (server side)."""
-
-    def text(name: str, default: str) -> str:
-        value = arrays.get(name)
-        return default if value is None or value.size == 0 else bytes(value.reshape(-1)[0]).decode()
-
     missing = [t.name for t in STEP_INPUTS if not t.optional and t.name not in arrays]
     if missing:
         raise UserError(f"request is missing input(s) {', '.join(missing)}")
     out: dict[str, Any] = {
         "images": unpack_images(arrays["images"], arrays["image_sizes"]),
         "state": arrays["state"].astype(np.float64).reshape(-1),
-        "instruction": text("instruction", ""),
-        "mode": text("mode", "continuous"),
+        "instruction": _read_text(arrays, "instruction", ""),
+        "mode": request_mode(arrays),
     }
-    if "max_new_tokens" in arrays:
-        out["max_new_tokens"] = int(arrays["max_new_tokens"].reshape(-1)[0])
-    if "sequential" in arrays:
-        out["parallel"] = not bool(arrays["sequential"].reshape(-1)[0])
+    if (cap := _scalar(arrays, "max_new_tokens")) is not None:
+        out["max_new_tokens"] = int(cap)
+    if (sequential := _scalar(arrays, "sequential")) is not None:
+        out["parallel"] = not bool(sequential)
     return out
+
+
+def world_arguments(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """A world-model request's arrays -> `world_model.imagine` keyword arguments (server side)."""
+    if "action" not in arrays:
+        raise UserError("a world_model request needs the `action` input")
+    step = step_arguments(arrays)
+    size = _scalar(arrays, "image_size")
+    return {
+        "images": step["images"],
+        "action": arrays["action"].astype(np.float64).reshape(-1),
+        "sentence": _read_text(arrays, "sentence", "") or None,
+        "image_size": None if size is None else int(size),
+        "unconstrained": bool(_scalar(arrays, "unconstrained")),
+        "max_new_tokens": step.get("max_new_tokens"),
+    }
+
+
+def _no_images() -> np.ndarray:
+    return np.zeros((0, 0, 0, 3), dtype=np.uint8)
 
 
 def step_outputs(prediction: Any, action_dim: int) -> dict[str, np.ndarray]:
@@ -140,6 +211,34 @@ def step_outputs(prediction: Any, action_dim: int) -> dict[str, np.ndarray]:
         "actions": np.asarray(prediction.actions, dtype=np.float64),
         "goals": np.asarray(goals, dtype=np.float64).reshape(-1, action_dim),
         "generated_tokens": np.asarray(tokens, dtype=np.int64),
+        "generated_images": _no_images(),
+        "problems": _text("[]"),
+    }
+
+
+def world_outputs(imagined: Any, action_dim: int) -> dict[str, np.ndarray]:
+    """An `Imagined` -> the response arrays of STEP_OUTPUTS (no actions: [0, A])."""
+    empty = np.zeros((0, action_dim), dtype=np.float64)
+    return {
+        "prompt_ids": np.asarray(imagined.prompt_ids, dtype=np.int64),
+        "vq_codes": np.asarray(imagined.vq_codes, dtype=np.int64),
+        "actions_normalized": empty,
+        "actions": empty,
+        "goals": empty,
+        "generated_tokens": np.asarray(imagined.generated_tokens, dtype=np.int64),
+        "generated_images": np.asarray(imagined.images, dtype=np.uint8),
+        "problems": _text(json.dumps(imagined.problems)),
+    }
+
+
+def imagined_fields(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """World-model response arrays -> `Imagined` keyword arguments (robot side)."""
+    return {
+        "prompt_ids": arrays["prompt_ids"].tolist(),
+        "vq_codes": arrays["vq_codes"],
+        "generated_tokens": arrays["generated_tokens"].tolist(),
+        "images": arrays["generated_images"],
+        "problems": json.loads(bytes(arrays["problems"].reshape(-1)[0]).decode()),
     }
 
 

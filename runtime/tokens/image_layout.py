@@ -20,6 +20,7 @@ from rynn_edge.runtime.tokens.vocab import (
     IMAGE_START_ID,
     ROW_END_ID,
     SIZE_TOKEN_BASE,
+    ImageVocab,
     size_token_id,
 )
 
@@ -95,3 +96,8 @@ class ImageLayout:
         if (rows[:, -1] != ROW_END_ID).any():
             raise UserError(f"{source}: every row of {w} image tokens must end with {ROW_END_ID}")
         return cls(h, w), rows[:, :-1]
+
+
+def codes_from_image_tokens(tokens: np.ndarray, vocab: ImageVocab, source: str = "tokens") -> np.ndarray:
+    """Image token ids as the model writes them -> [h, w] codes (upstream's decode_image, validated)."""
+    return vocab.codes_from_ids(ImageLayout.parse(tokens, source)[1])
