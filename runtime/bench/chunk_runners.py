@@ -108,8 +108,8 @@ def head_for(native: ActionHead, time_horizon: int, seed: int = 0) -> tuple[Acti
 
 
 @dataclass
-class ChunkRunner:
-    """One backend/precision over one model: `chunk(T, mode)` -> (callable, queries label) or a reason."""
+class Timed:
+    """What a bench row says of the runner it times (every runner has these)."""
 
     backend: str
     precision: str
@@ -119,6 +119,12 @@ class ChunkRunner:
     prompt_ids: list[int]
     pixels: np.ndarray
     weights: str
+
+
+@dataclass
+class ChunkRunner(Timed):
+    """One backend/precision over one model: `chunk(T, mode)` -> (callable, queries label) or a reason."""
+
     encode: Callable[[], object]
     continuous: Callable[[int], tuple[Callable[[], object], str] | str]  # str: why T cannot run
     step_model: Callable[[], Any]  # parallel decoding where its model has `step_many`
@@ -179,20 +185,12 @@ class ChunkRunner:
 
 
 @dataclass
-class ServedRunner:
+class ServedRunner(Timed):
     """Whole steps on a Triton server: `chunk(T, mode)` like ChunkRunner's, one request per call."""
 
-    backend: str
-    precision: str
-    device: str
-    time_horizon: int
-    action_dim: int
-    prompt_ids: list[int]
-    pixels: np.ndarray
     predictor: Predictor
     views: list[np.ndarray]
     state: np.ndarray
-    weights: str = "unknown"  # the caller labels it (the server states its hidden size)
 
     def chunk(self, time_horizon: int, mode: str) -> tuple[Callable[[], object], str] | str:
         if time_horizon != self.time_horizon:
@@ -228,8 +226,9 @@ def triton_runner(server: str, model: Path, timeout_s: float) -> ServedRunner:
     views, state = synthetic_query(predictor)
     ids = predictor.predict(views, state, INSTRUCTION).prompt_ids  # also checks the query is served
     pixels = to_model_input(views, predictor.image_size).numpy()
+    # weights: labelled by the caller (the server states its hidden size)
     return ServedRunner("triton", backend.precision, "server", backend.time_horizon, backend.action_dim,
-                        ids, pixels, predictor, views, state)  # fmt: skip
+                        ids, pixels, "unknown", predictor, views, state)  # fmt: skip
 
 
 def _check_raw(tokenizer: Path | None, vq: Path | None, precision: str) -> None:
