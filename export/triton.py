@@ -84,14 +84,13 @@ def config_pbtxt(
     )
 
 
-def _stage_config(name: str, entry: dict[str, Any], platform: str | None, kind: str, graph: str) -> str:
+def _stage_config(name: str, entry: dict[str, Any], platform: str | None, kind: str) -> str:
     stage = "vq_encoder" if name.startswith("vq_encoder") else name
     names = list(STAGE_IO[stage].inputs)
     io = entry["io"]
     ins = [_tensor(n, TRITON_TYPES[io[n]["dtype"]], io[n]["shape"]) for n in names]
     outs = [_tensor(n, TRITON_TYPES[s["dtype"]], s["shape"]) for n, s in io.items() if n not in names]
-    params = None if platform else {"graph": graph}
-    return config_pbtxt(name, ins, outs, kind=kind, platform=platform, parameters=params)
+    return config_pbtxt(name, ins, outs, kind=kind, platform=platform)
 
 
 def _type(wire_dtype: str) -> str:
@@ -125,7 +124,7 @@ def write_repository(
                 shutil.copyfile(out / entry["external_data"], version / entry["external_data"])
         else:
             (version / "model.py").write_text(SHIM.format(module="triton_stage", cls="StageModel"))
-        config = _stage_config(name, entry, native if platform == "native" else None, kind, entry["onnx"])
+        config = _stage_config(name, entry, native if platform == "native" else None, kind)
         (repo / name / "config.pbtxt").write_text(config)
     stats = json.loads((out / manifest["assets"]["stats"]).read_text())
     (repo / wire.STEP_MODEL / "1").mkdir(parents=True, exist_ok=True)

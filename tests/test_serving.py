@@ -4,6 +4,8 @@ prompt ids, VQ codes, actions and tokens as the in-process onnxruntime backend o
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -160,3 +162,36 @@ def test_bench_through_triton_against_in_process(capsys, served, so100_fp32, tmp
     assert remote["median_ms"] > 0 and remote["prompt_tokens"] == local["prompt_tokens"]
     assert local["speedup_vs_first"] > 0
     assert rows[("triton", 1)]["skipped"] == f"the served model's action head is built for T={horizon}"
+
+
+def test_a_model_that_cannot_load_is_named_with_tritons_reason(so100_fp32, tmp_path):
+    art, _ = so100_fp32
+    broken = tmp_path / "broken"
+    shutil.copytree(art, broken)
+    (broken / "vq_decoder.onnx").write_bytes(b"not an onnx graph")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rynn_edge.runtime.cli", "serve", str(broken), "--ready-timeout", "300"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    head, reasons = proc.stderr.split("models not READY:", 1)
+    # Both models that read the graph refuse it by its hash, before onnxruntime sees it; the reasons
+    # are the messages alone (no Python-backend stack).
+    for model in ("vq_decoder", "rynn_step"):
+        assert f"  {model}: " in reasons
+    assert reasons.count("vq_decoder.onnx: 17 bytes, manifest says") == 2
+    assert "Traceback" not in head and "At:" not in reasons
+
+
+def test_a_server_environment_that_cannot_be_made_is_a_clear_error(so100_fp32, tmp_path):
+    art, _ = so100_fp32
+    offline = {"RYNN_EDGE_TRITON_ENV": str(tmp_path / "env"), "PIP_CONFIG_FILE": os.devnull,
+               "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_CACHE_DIR": "1", "PIP_RETRIES": "0",
+               "PIP_TIMEOUT": "2"}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "rynn_edge.runtime.cli", "serve", str(art)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, **offline},
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "cannot prepare the Triton server environment: failed to install nvidia-pytriton" in proc.stderr
+    assert not list((tmp_path / "env").glob("*/.rynn-edge-ready"))  # the next start tries again

@@ -19,6 +19,7 @@ from rynn_edge.runtime.errors import UserError
 MANIFEST = "manifest.json"
 # The networks an artifact can hold, in the order of one query.
 STAGES = ("vq_encoder", "backbone_prefill", "action_head", "backbone_decode", "vq_decoder")
+STAGE_FILE_KEYS = ("onnx", "external_data", "engine")  # a stage entry's keys that name a hashed file
 FORMAT = "rynn-edge-artifact"
 FORMAT_VERSION = 1
 CHUNK = 1 << 20
@@ -83,11 +84,12 @@ class Artifact:
         return (Path(folder) / MANIFEST).is_file()
 
     @classmethod
-    def open(cls, folder: str | Path, *, check_device: bool = True) -> Artifact:
-        """Read and verify; raises UserError naming the problem and what to do."""
+    def open(cls, folder: str | Path, *, check_device: bool = True, stage: str | None = None) -> Artifact:
+        """Read and verify (every file, or only those of `stage`); raises UserError naming the problem
+        and what to do."""
         folder = Path(folder)
         manifest = _read_manifest(folder)
-        _verify_files(folder, manifest)
+        _verify_files(folder, manifest, stage)
         artifact = cls(folder, manifest)
         if check_device and artifact.target.get("kind") == "tensorrt":
             _verify_engine_target(folder, artifact.target, local_gpu(), local_tensorrt_version())
@@ -139,9 +141,13 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+def _verify_files(folder: Path, manifest: dict[str, Any], stage: str | None = None) -> None:
     problems = []
-    for name, entry in manifest["files"].items():
+    files = manifest["files"]
+    if stage is not None:
+        entry = manifest["stages"].get(stage, {})
+        files = {name: files.get(name, {}) for key, name in entry.items() if key in STAGE_FILE_KEYS}
+    for name, entry in files.items():
         path = folder / name
         if not path.is_file():
             problems.append(f"{name}: missing")
@@ -152,9 +158,9 @@ def _verify_files(folder: Path, manifest: dict[str, Any]) -> None:
     listed = set(manifest["files"])
     referenced = {
         value
-        for stage in manifest["stages"].values()
-        for key, value in stage.items()
-        if key in ("onnx", "external_data", "engine")
+        for entry in manifest["stages"].values()
+        for key, value in entry.items()
+        if key in STAGE_FILE_KEYS
     } | set(manifest["assets"].values())
     problems += [
         f"{name}: used by the manifest but not listed with a hash"

@@ -144,7 +144,7 @@ class TritonServer:
 
     def _failure(self, what: str) -> str:
         log = self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
-        reasons = [f"  {m.group(1)}: {m.group(2).strip()}" for m in LOAD_ERROR.finditer(log)]
+        reasons = [f"  {m.group(1)}: {_reason(m.group(2))}" for m in LOAD_ERROR.finditer(log)]
         if not reasons:
             reasons = [f"  {line}" for line in log.strip().splitlines()[-8:]]
         return f"{what}; models not READY:\n" + "\n".join(reasons) + f"\n(server log: {self.log_path})"
@@ -170,3 +170,10 @@ class TritonServer:
         if self._serving is not None:
             shutil.rmtree(self._serving, ignore_errors=True)
         return code
+
+
+def _reason(logged: str) -> str:
+    """A load error as Triton logs it -> the message alone: its escaped newlines unescaped, and the
+    Python backend's stack ("At: ...") dropped (the message already names the file and the problem)."""
+    text = logged.strip().removesuffix('"').replace("\\n", "\n")
+    return text.split("\n\nAt:\n", 1)[0].strip().replace("\n", "\n    ")

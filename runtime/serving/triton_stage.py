@@ -2,7 +2,8 @@
 
 Light on purpose (numpy + onnxruntime, no torch): each Python-backend model is its own stub process.
 The graph is read where the artifact keeps it (ARTIFACTS/<stage>.onnx beside its external data), so
-the weights file is neither copied nor reached through a link out of a model folder.
+the weights file is neither copied nor reached through a link out of a model folder, and only after
+its hashes match the manifest (a model is named after its stage).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rynn_edge.runtime.serving.wire import model_parameters, respond_with_error
+from rynn_edge.runtime.serving.wire import respond_with_error
 
 
 class StageModel:
@@ -20,8 +21,12 @@ class StageModel:
     def initialize(self, args: dict[str, Any]) -> None:
         import onnxruntime as ort
 
+        from rynn_edge.runtime.backends.artifact import Artifact
+
         config = json.loads(args["model_config"])
-        graph = self.here.parents[2] / model_parameters(config)["graph"]
+        # Only this stage's files are hashed here (every model hashing all the weights would be slow).
+        artifact = Artifact.open(self.here.parents[2], check_device=False, stage=config["name"])
+        graph = artifact.stage_file(config["name"])
         providers: list = ["CPUExecutionProvider"]
         gpu = args.get("model_instance_kind") == "GPU"
         if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
