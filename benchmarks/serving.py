@@ -1,9 +1,10 @@
 """One control step through Triton and through the LeRobot endpoint vs in-process, on the same artifact.
 
-Per path: latency of one whole step (p50/p99 over --runs after --warmup) and the bytes one request and
-its response carry. In-process = `Predictor.predict` on onnxruntime; triton = `--backend triton` against
-`rynn-edge serve` (real tritonserver, gRPC, 127.0.0.1); lerobot = LeRobot's SendObservations +
-GetActions against `serve --lerobot` (in-process onnxruntime behind it). Writes
+Per path: latency of one whole step (p50/p99 over --runs after --warmup), its ratio to the in-process
+p50 of the same run, and the bytes one request and its response carry. In-process =
+`Predictor.predict` on onnxruntime; triton = `--backend triton` against `rynn-edge serve` (real
+tritonserver, gRPC, 127.0.0.1); lerobot = LeRobot's SendObservations + GetActions against
+`serve --lerobot` (in-process onnxruntime behind it). Writes
 benchmarks/results/serving_<name>.{json,csv}.
 
     python benchmarks/serving.py cpu_tiny [--artifact DIR] [--runs 30] [--warmup 3]
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +115,8 @@ def run(args: argparse.Namespace) -> dict:
         server.stop()
     rows.append({"path": "lerobot (gRPC, AsyncInference)", "backend": "onnxruntime",
                  **lerobot_path(art, views, args.runs, args.warmup)})  # fmt: skip
+    for row in rows:  # the baseline is the in-process row of this same run
+        row["p50_vs_in_process"] = row["p50_ms"] / rows[0]["p50_ms"]
     manifest = json.loads((art / "manifest.json").read_text())
     return {
         "benchmark": "one control step (2 cameras 640x480, SO100 state, instruction) -> a chunk of goals",
@@ -131,6 +135,7 @@ def run(args: argparse.Namespace) -> dict:
             "cores": os.cpu_count(),
             "loadavg": os.getloadavg(),
         },  # fmt: skip
+        "rynn_edge_version": version("rynn-edge"),
         "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "rows": rows,
     }
@@ -153,7 +158,8 @@ def main_() -> None:
         writer.writeheader()
         writer.writerows(record["rows"])
     for row in record["rows"]:
-        print(f"{row['path']:32s} p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms  "
+        print(f"{row['path']:32s} p50 {row['p50_ms']:8.1f} ms (x{row['p50_vs_in_process']:.3f})  "
+              f"p99 {row['p99_ms']:8.1f} ms  "
               f"request {row['request_bytes']:>9d} B  response {row['response_bytes']:>7d} B")  # fmt: skip
 
 
