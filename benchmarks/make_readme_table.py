@@ -348,7 +348,10 @@ def memory_section(result: dict, full: bool) -> str:
             "run_rss_gib_per_layer": "measured: predict RSS per layer",
         },
     )
-    usable = ", ".join(f"{k} {v:g} GiB" for k, v in runtime["usable_gib"].items())
+    usable = ", ".join(
+        f"{name} {d['usable_gib']:g} GiB ({d['usable_gib'] / d['memory_gib']:.0%})"
+        for name, d in runtime["devices"].items()
+    )
     parts = [measured, memory_points(result)] if full else [measured]
     parts += [
         "Export on a workstation (32 layers, extrapolated):",
@@ -361,7 +364,15 @@ def memory_section(result: dict, full: bool) -> str:
         if result["build_on_jetson"]
         else "No build fit recorded yet.",
         f"Runtime memory of the 7B (TensorRT backend, formulas below), usable memory = total - reserve: "
-        f"{runtime['reserve']}; usable: {usable}. Continuous actions "
+        f"{runtime['reserve']}; usable: {usable}. Prompts from the project's prompt builder (256 px views, "
+        "the state block, the instruction through the tiny BPE, a stand-in for Chameleon's): "
+        + "; ".join(
+            f"{robot} {p['views']} views, {p['tokens']} tokens "
+            f"(engine profile up to {p['profile_max_tokens']}), "
+            f'"{p["instruction"]}"'
+            for robot, p in runtime["prompts"].items()
+        )
+        + ". Continuous actions "
         "(`export --stages vq_encoder backbone_prefill action_head`):",
         memory_fit_table(runtime["rows"], "continuous"),
         "Every stage (the default export: + backbone_decode for discrete actions and the world model, + "

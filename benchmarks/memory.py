@@ -63,7 +63,7 @@ def load_child(model_dir: str, dtype_name: str) -> None:
 
     _, backbone, head = load_model(model_dir, dtype=getattr(torch, dtype_name))
     weights = sum(p.numel() * p.element_size() for m in (backbone, head) for p in m.parameters())
-    print(json.dumps({"weights_gib": weights / GIB}))
+    print(json.dumps({"weights_gib": round(weights / GIB, 4)}))
 
 
 def measure(argv: list[str], log: Path) -> dict:
@@ -108,16 +108,19 @@ class Recorder:
         self.points: list[dict] = json.loads(path.read_text())["points"] if path.is_file() else []
         self.args, self.logs = args, logs
 
-    def run(self, command: str, precision: str, layers: int, argv: list[str]) -> dict | None:
-        """Measure unless the fit of smaller layer counts or the free memory says it would not fit."""
+    def run(self, command: str, precision: str, layers: int, argv: list[str], skip: str = "") -> dict | None:
+        """Measure unless `skip` says why not, or the fit of smaller layer counts or the free memory says
+        it would not fit."""
         point = {"command": command, "precision": precision, "layers": layers, "backend": BACKENDS[command]}
         guess = predicted_gib(self.points, command, precision, layers)
         limit = self.args.max_peak_gib
         for _ in range(20):  # other users' jobs end: wait up to 10 min for the memory to come back
-            if available_gib() >= (guess or limit) + 1:
+            if skip or available_gib() >= (guess or limit) + 1:
                 break
             time.sleep(30)
-        if guess is not None and guess > limit:
+        if skip:
+            point["skipped"] = skip
+        elif guess is not None and guess > limit:
             point["skipped"] = f"predicted {guess:.1f} GiB from fewer layers > the {limit} GiB limit"
         elif available_gib() < (guess or limit) + 1:
             point["skipped"] = f"only {available_gib():.1f} GiB available"
@@ -156,9 +159,11 @@ def measure_layers(rec: Recorder, layers: int, scratch: Path, calib: Path, frame
         export += ["--max-fallback", "0", "--allow-accuracy-loss"]
         if "export" in commands and (point := rec.run("export", precision, layers, export)) is not None:
             point["weights_file_gib"] = round((art / "backbone.data").stat().st_size / GIB, 4)
+        if "run" in commands and precision == "bf16":
+            rec.run("run", precision, layers, [], skip="onnxruntime CPU has no bf16 kernels")
         if not (art / "manifest.json").is_file():
             continue
-        if "run" in commands:
+        if "run" in commands and precision != "bf16":
             images = [arg for f in frames[:2] for arg in ("--image", f)]
             rec.run("run", precision, layers, [*CLI, "predict", str(art), *images, *PREDICT])
         if "build" in commands:

@@ -5,6 +5,7 @@ extrapolated to 32 layers, the 7B's runtime memory per precision at the SO100 an
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ def config(layers: int, robot: str) -> ModelConfig:
     )
 
 
+@cache
 def prompt_length(robot: str) -> int:
     """The VLA prompt's length from the project's prompt builder: the robot's most views, its state,
     the instruction through the tiny BPE (a stand-in for Chameleon's; text is ~5% of the prompt)."""
@@ -56,6 +58,16 @@ def prompt_length(robot: str) -> int:
         TextTokenizer(tok, 0), INSTRUCTIONS[robot], state, codes, stats, ImageVocab.from_mapping(vocab)
     )
     return len(ids)
+
+
+def prompt(robot: str) -> dict:
+    length = prompt_length(robot)
+    return {
+        "tokens": length,
+        "profile_max_tokens": profiles(config(LAYERS_7B, robot), [length])["backbone_prefill"]["L"].max,
+        "views": max(EMBODIMENTS[robot].image_counts),
+        "instruction": INSTRUCTIONS[robot],
+    }
 
 
 def fits(points: list[dict]) -> list[dict]:
@@ -99,7 +111,6 @@ def runtime_rows() -> list[dict]:
                     "precision": precision,
                 }
                 row |= {k: round(v, 2) for k, v in need.items()}
-                row["profile_max_tokens"] = dims["backbone_prefill"]["L"].max
                 for name, (memory, fp8) in M.JETSONS.items():
                     row[name] = M.verdict(need["total_gib"], memory, fp8, precision)
                 rows.append(row)
@@ -136,7 +147,11 @@ def tables(points: list[dict]) -> dict:
         "runtime": {
             "formulas": M.__doc__,
             "reserve": M.RESERVE_REASON,
-            "usable_gib": {name: M.usable_gib(memory) for name, (memory, _) in M.JETSONS.items()},
+            "devices": {
+                name: {"memory_gib": memory, "usable_gib": M.usable_gib(memory), "fp8": fp8}
+                for name, (memory, fp8) in M.JETSONS.items()
+            },
+            "prompts": {robot: prompt(robot) for robot in INSTRUCTIONS},
             "rows": runtime_rows(),
         },
         "export_on_workstation": [
