@@ -35,6 +35,7 @@ from rynn_edge.runtime.bench.timing import environment, write_csv, write_json
 
 GIB = 2**30
 OUT = RESULTS / "memory"
+MEASURED = "python benchmarks/memory.py --layers 1 2 3 --precisions bf16 int8"  # the recorded run (--refit)
 CLI = [sys.executable, "-m", "rynn_edge.runtime.cli"]
 WIDTHS = ["--hidden-size", "4096", "--intermediate-size", "11008"]
 COMMANDS = ("load", "export", "run", "build")
@@ -187,7 +188,7 @@ def save(points: list[dict], args: argparse.Namespace) -> None:
         "weights": "random",
         "checkpoint": "full-width random weights (hidden 4096, intermediate 11008, vocab 65536), "
         "N decoder layers, the tiny random VQGAN: " + REPRODUCE["checkpoint"],
-        "script": "python " + shlex.join(["benchmarks/memory.py", *sys.argv[1:]]),
+        "script": MEASURED if args.refit else "python " + shlex.join(["benchmarks/memory.py", *sys.argv[1:]]),
         "reproduce": REPRODUCE,
         "max_peak_gib": args.max_peak_gib,
         "points": sorted(points, key=lambda p: (p["command"], p["precision"], p["layers"])),
