@@ -219,6 +219,9 @@ def results_readme() -> str:
         parts += [profile_section(name, result) for name, result in profiles]
     parts.append(roofline_section())
     parts += ["## Control loop and bus", loop_sections()]
+    memory = memory_result()
+    if memory:
+        parts += ["## Memory (`benchmarks/memory.py`)", memory_section(memory, full=True)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
@@ -275,6 +278,125 @@ def precision_block() -> str:
     return "\n\n".join([PRECISION_BEGIN, note, table(rows, columns), PRECISION_END])
 
 
+MEMORY_BEGIN, MEMORY_END = "<!-- memory:begin -->", "<!-- memory:end -->"
+MEMORY_COMMANDS = {
+    "load": "load_model",
+    "export": "export (workstation)",
+    "run": "predict, onnxruntime",
+    "build": "build, TensorRT-RTX",
+}
+
+
+def memory_points(result: dict) -> str:
+    """Measured peaks per command and precision, one column per layer count, with the fit."""
+    layers = sorted({p["layers"] for p in result["points"]})
+    fitted = {(f["command"], f["precision"]): f for f in result["fits"]}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for p in result["points"]:
+        key = (p["command"], p["precision"])
+        row = rows.setdefault(
+            key, fitted.get(key, {}) | {"command": MEMORY_COMMANDS[key[0]], "precision": key[1]}
+        )
+        cell = f"{p['peak_rss_gib']:.2f}" if p.get("exit") == 0 else p.get("skipped", f"exit {p.get('exit')}")
+        row[f"N{p['layers']}"] = cell
+    columns = {"command": "command", "precision": "precision"}
+    columns |= {f"N{n}": f"{n} layer{'s' * (n > 1)} (GiB)" for n in layers}
+    columns |= {
+        "b_gib_per_layer": "per layer (GiB)",
+        "max_residual_gib": "fit residual",
+        "at_32_gib": "32 layers (GiB)",
+    }
+    order = list(MEMORY_COMMANDS)
+    ordered = sorted(rows.items(), key=lambda item: (order.index(item[0][0]), item[0][1]))
+    return table([row for _, row in ordered], columns)
+
+
+def memory_fit_table(rows: list[dict], deployment: str) -> str:
+    picked = [
+        r | {"row": f"{r['precision']}, {r['robot']} ({r['prompt_tokens']} tok)"}
+        for r in rows
+        if r["deployment"] == deployment
+    ]
+    devices = [k for k in picked[0] if k.startswith(("Orin", "AGX", "Thor"))]
+    columns = {
+        "row": "precision, robot (prompt)",
+        "weights_gib": "weights",
+        "kv_cache_gib": "KV cache",
+        "activations_gib": "activations",
+        "total_gib": "total (GiB)",
+    }
+    return table(picked, columns | {d: d for d in devices})
+
+
+def memory_section(result: dict, full: bool) -> str:
+    """The Memory tables from benchmarks/results/memory/memory.json (`full`: with the measured points)."""
+    env, runtime = result["environment"], result["runtime"]
+    measured = (
+        f"Measured {env['date']} on {env['cpu']} ({env['cpu_count']} cores, {env['memory_gib']} GiB), "
+        f"**{result['weights']} weights**: {result['checkpoint']}. Peak RSS of a fresh process per command "
+        f"({result['benchmark']}), fitted as a + b x layers and extrapolated to 32. "
+        f"Reproduce: `{result['script']}`; commands: "
+        + "; ".join(f"{k}: `{v}`" for k, v in result["reproduce"].items())
+        + f". Points a fit of fewer layers predicts above {result['max_peak_gib']} GiB are skipped, not run."
+    )
+    checks = table(
+        result["formula_checks"],
+        {
+            "precision": "precision",
+            "formula_gib_per_layer": "formula: weights per layer (GiB)",
+            "weights_file_gib_per_layer": "measured: backbone.data per layer",
+            "run_rss_gib_per_layer": "measured: predict RSS per layer",
+        },
+    )
+    usable = ", ".join(
+        f"{name} {d['usable_gib']:g} GiB ({d['usable_gib'] / d['memory_gib']:.0%})"
+        for name, d in runtime["devices"].items()
+    )
+    parts = [measured, memory_points(result)] if full else [measured]
+    parts += [
+        "Export on a workstation (32 layers, extrapolated):",
+        table(result["export_on_workstation"], {k: k for k in result["export_on_workstation"][0]})
+        if result["export_on_workstation"]
+        else "No export fit recorded yet.",
+        "Build on the device (32 layers, extrapolated; host memory of an ahead-of-time TensorRT-RTX build on "
+        "a CPU, so without the GPU-side allocations of a build on the Jetson):",
+        table(result["build_on_jetson"], {k: k for k in result["build_on_jetson"][0]})
+        if result["build_on_jetson"]
+        else "No build fit recorded yet.",
+        f"Runtime memory of the 7B (TensorRT backend, formulas below), usable memory = total - reserve: "
+        f"{runtime['reserve']}; usable: {usable}. Prompts from the project's prompt builder (256 px views, "
+        "the state block, the instruction through the tiny BPE, a stand-in for Chameleon's): "
+        + "; ".join(
+            f"{robot} {p['views']} views, {p['tokens']} tokens "
+            f"(engine profile up to {p['profile_max_tokens']}), "
+            f'"{p["instruction"]}"'
+            for robot, p in runtime["prompts"].items()
+        )
+        + ". Continuous actions "
+        "(`export --stages vq_encoder backbone_prefill action_head`):",
+        memory_fit_table(runtime["rows"], "continuous"),
+        "Every stage (the default export: + backbone_decode for discrete actions and the world model, + "
+        "vq_decoder; prefill and decode are separate engines, each with the weights):",
+        memory_fit_table(runtime["rows"], "all stages"),
+        "Formula check on the measured full-width artifacts (per-layer slopes):",
+        checks,
+        "Formulas (`runtime/bench/memory.py`):\n\n"
+        + "\n".join("    " + line for line in runtime["formulas"].strip().splitlines()),
+    ]
+    return "\n\n".join(parts)
+
+
+def memory_result() -> dict | None:
+    path = RESULTS / "memory" / "memory.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def memory_block() -> str:
+    result = memory_result()
+    body = memory_section(result, full=False) if result else "No recorded memory run yet."
+    return "\n\n".join([MEMORY_BEGIN, body, MEMORY_END])
+
+
 def updated_readme(text: str) -> str:
     if BEGIN not in text:
         text = text.rstrip("\n") + f"\n\n## Benchmarks\n\n{BEGIN}\n{END}\n"
@@ -283,6 +405,9 @@ def updated_readme(text: str) -> str:
     if PRECISION_BEGIN in text:
         head, rest = text.split(PRECISION_BEGIN, 1)
         text = head + precision_block() + rest.split(PRECISION_END, 1)[1]
+    if MEMORY_BEGIN in text:
+        head, rest = text.split(MEMORY_BEGIN, 1)
+        text = head + memory_block() + rest.split(MEMORY_END, 1)[1]
     return text
 
 
