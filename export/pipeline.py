@@ -296,8 +296,6 @@ def export_backbone(
     _, backbone, _ = load_model(opts.model, dtype=DTYPES[floats[stages[0]]])
     if quantized(precisions) and opts.quantization == "outlier-safe":
         rotation.rotate(backbone)
-    alphas = {name: s.alpha for name, s in run.sensitivity.items()}
-    absmax = None if run.calibration is None else run.calibration.absmax
     length = 8
     ids = torch.zeros(1, length, dtype=torch.long)
     positions = torch.arange(length)[None]
@@ -322,8 +320,11 @@ def export_backbone(
                 module, example, stage, dynamic_axes(io_spec(cfg, stage))
             )
             if scheme[stage] in quantize.SCHEMES:
-                clip = opts.quantization == "outlier-safe"
-                quantize.quantize_backbone(model, backbone, scheme[stage], absmax, alphas, kept, file, clip)
+
+                def plan(name: str, w, scheme=scheme[stage]) -> quantize.Plan:
+                    return run.sensitivity[name].plan(name, w, run.calibration, scheme, opts.quantization)
+
+                quantize.quantize_backbone(model, backbone, plan, kept, file)
             # after the export: it re-lays the linear weights out, and the old tensors must not be held
             onnx_graphs.attach_weights(model, stage, onnx_graphs.backbone_weights(backbone), file)
             if scheme[stage] in quantize.SCHEMES:

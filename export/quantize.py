@@ -27,6 +27,7 @@ outlier checkpoints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -36,6 +37,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from rynn_edge.export import gptq
 from rynn_edge.export.onnx_graphs import WeightFile, linear_weight
 
 QUANT_OPSET = 21
@@ -91,30 +93,60 @@ def smoothing(absmax: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray | N
 
 
 def plan_linear(
-    scheme: str, w: np.ndarray, absmax: np.ndarray | None, alpha: float, clip: bool = True
+    scheme: str,
+    w: np.ndarray,
+    absmax: np.ndarray | None,
+    alpha: float,
+    clip: bool = True,
+    rows: torch.Tensor | None = None,
 ) -> Plan:
     """The quantization of weight `w` [K, N] (fp32) whose input has per-channel maxima `absmax` [K];
-    `clip`: search int4 block clipping (outlier-safe) instead of plain absmax."""
+    `clip`: search int4 block clipping (outlier-safe) instead of plain absmax; `rows` [M, K] (the
+    linear's calibration inputs): round with GPTQ against them (`rynn_edge.export.gptq`) instead of to
+    nearest. The scales are the same either way."""
     s = smoothing(absmax, w, alpha) if absmax is not None else None
     if s is not None:
         w = w * s[:, None]
     x_max = None if absmax is None else float((absmax if s is None else absmax / s).max())
+    if x_max is None and scheme != "int4":
+        raise ValueError(f"{scheme} quantizes activations and needs calibration statistics")
+    k, n = w.shape
+    block, act_scale = 0, None
     if scheme == "int8":
-        w_scale = (np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0).astype(np.float32)
-        q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
-        return Plan(scheme, alpha, s, max(x_max, 1e-8) / 127.0, q, w_scale)
-    if scheme == "fp8":
-        w_scale = np.float32(max(float(np.abs(w).max()), 1e-8) / FP8_MAX)
-        q = (w / w_scale).astype(ml_dtypes.float8_e4m3fn)
-        return Plan(scheme, alpha, s, max(x_max, 1e-8) / FP8_MAX, q, np.asarray(w_scale))
-    if scheme == "int4":
-        k, n = w.shape
+        scale = (np.maximum(np.abs(w).max(axis=0), 1e-8) / 127.0).astype(np.float32)
+        act_scale = max(x_max, 1e-8) / 127.0
+    elif scheme == "fp8":
+        scale = np.asarray(np.float32(max(float(np.abs(w).max()), 1e-8) / FP8_MAX))
+        act_scale = max(x_max, 1e-8) / FP8_MAX
+    elif scheme == "int4":
         block = INT4_BLOCK if k % INT4_BLOCK == 0 else k
-        blocks = w.reshape(k // block, block, n)
-        scale = _int4_scales(blocks, clip)
-        q = np.clip(np.round(blocks / scale[:, None]), -8, 7).reshape(k, n).astype(ml_dtypes.int4)
-        return Plan(scheme, alpha, s, None, q, scale, block)
-    raise ValueError(f"unknown scheme {scheme!r}")
+        scale = _int4_scales(w.reshape(k // block, block, n), clip)
+    else:
+        raise ValueError(f"unknown scheme {scheme!r}")
+    if rows is not None and s is not None:
+        rows = rows / torch.from_numpy(s)
+    q = _round(scheme, torch.from_numpy(w), torch.from_numpy(scale), block, rows)
+    return Plan(scheme, alpha, s, act_scale, q.numpy().astype(LOW_BIT[scheme][1]), scale, block)
+
+
+INT_LEVELS = {"int8": (-127, 127), "int4": (-8, 7)}
+
+
+def _levels(scheme: str, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The grid level nearest to each of `w` / `scale` (as fp32)."""
+    if scheme == "fp8":
+        return (w / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
+    low, high = INT_LEVELS[scheme]
+    return torch.clamp(torch.round(w / scale), low, high)
+
+
+def _round(
+    scheme: str, w: torch.Tensor, scale: torch.Tensor, block: int, rows: torch.Tensor | None
+) -> torch.Tensor:
+    per_row = scale.repeat_interleave(block, 0) if block else scale.expand_as(w)  # [K, N]
+    if rows is None:
+        return _levels(scheme, w, per_row)
+    return gptq.round_compensated(w, rows, lambda i: per_row[i], lambda row, s: _levels(scheme, row, s))
 
 
 INT4_CLIPS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
@@ -246,29 +278,18 @@ class _Writer:
 def quantize_backbone(
     model: onnx.ModelProto,
     backbone: nn.Module,
-    scheme: str,
-    absmax: dict[str, np.ndarray] | None,
-    alphas: dict[str, float] | None = None,
+    plan: Callable[[str, np.ndarray], Plan],
     kept: frozenset[str] = frozenset(),
     file: WeightFile | None = None,
-    clip: bool = True,
 ) -> onnx.ModelProto:
-    """Quantize every backbone linear of `model` in place with `scheme` (smoothing exponent `alphas[name]`,
-    default 0; linears in `kept` stay float); returns `model`. With `file`, the quantized weights are
-    written there one linear at a time (see _Writer)."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}")
-    if scheme != "int4" and absmax is None:
-        raise ValueError(f"{scheme} quantizes activations and needs calibration statistics")
+    """Quantize every backbone linear of `model` in place as `plan(name, w)` says (w: its float weight
+    [K, N] as the graph stores it; linears in `kept` stay float); returns `model`. With `file`, the
+    quantized weights are written there one linear at a time (see _Writer)."""
     writer = _Writer(model, file)
     linears = backbone_linears(backbone)
     for name, node in match_linears(model, backbone).items():
-        if name in kept:
-            continue
-        w = writer.weight(node, linears[name])  # [K, N]
-        alpha = (alphas or {}).get(name, 0.0)
-        stats = None if absmax is None else absmax[name]
-        _write(writer, node, name, plan_linear(scheme, w, stats, alpha, clip))
+        if name not in kept:
+            _write(writer, node, name, plan(name, writer.weight(node, linears[name])))
     writer.finish(model)
     return model
 

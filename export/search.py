@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rynn_edge.export.quantize import backbone_linears, fake_quant, plan_linear
+from rynn_edge.export.quantize import Plan, backbone_linears, fake_quant, plan_linear
 
 ROWS_PER_PROMPT = 96
 TOP_ROWS = 8  # of them, the largest-norm rows
@@ -83,9 +83,15 @@ class Sensitivity:
     cosine_mean: float
     hidden_cosine_min: float = 1.0
     hidden_cosine_mean: float = 1.0
+    rounding: str = "nearest"  # or "gptq": error-compensated (rynn_edge.export.gptq)
 
-    def as_dict(self) -> dict[str, float]:
-        return {k: round(float(v), 6) for k, v in self.__dict__.items()}
+    def as_dict(self) -> dict[str, float | str]:
+        return {k: v if isinstance(v, str) else round(float(v), 6) for k, v in self.__dict__.items()}
+
+    def plan(self, name: str, w: np.ndarray, calibration: Calibration, scheme: str, method: str) -> Plan:
+        """The quantization this search result stands for, of linear `name` with weight `w` [K, N]."""
+        rows = calibration.rows[name] if self.rounding == "gptq" else None
+        return plan_linear(scheme, w, calibration.absmax[name], self.alpha, method == "outlier-safe", rows)
 
 
 def _error(y: torch.Tensor, yq: torch.Tensor) -> tuple[float, float, float]:
@@ -98,21 +104,29 @@ def _error(y: torch.Tensor, yq: torch.Tensor) -> tuple[float, float, float]:
 
 
 def search(backbone: nn.Module, calibration: Calibration, scheme: str, method: str) -> dict[str, Sensitivity]:
-    """Per linear: the smoothing exponent with the least simulated output error, and that error."""
+    """Per linear: the smoothing exponent with the least simulated output error and, for outlier-safe,
+    whether GPTQ rounding at that exponent beats round-to-nearest; that error is its sensitivity."""
     results = {}
     for name, linear in backbone_linears(backbone).items():
         w = linear.weight.detach().t().float()  # [K, N]
         x = calibration.rows[name]
         y = x @ w
-        candidates = ALPHAS[method] or (PLAIN_ALPHA[scheme],)
-        best: Sensitivity | None = None
-        for alpha in candidates:
-            plan = plan_linear(scheme, w.numpy(), calibration.absmax[name], alpha, method == "outlier-safe")
-            rel, cmin, cmean = _error(y, fake_quant(plan, x, torch.from_numpy(plan.dequantized())))
-            if best is None or rel < best.relative_error:
-                best = Sensitivity(alpha, rel, cmin, cmean)
+
+        def measured(alpha: float, rounding: str = "nearest", name=name, w=w, x=x, y=y) -> Sensitivity:
+            choice = Sensitivity(alpha, 0, 0, 0, rounding=rounding)
+            plan = choice.plan(name, w.numpy(), calibration, scheme, method)
+            error = _error(y, fake_quant(plan, x, torch.from_numpy(plan.dequantized())))
+            return Sensitivity(alpha, *error, rounding=rounding)
+
+        best = min((measured(a) for a in ALPHAS[method] or (PLAIN_ALPHA[scheme],)), key=_relative)
+        if method == "outlier-safe":
+            best = min(best, measured(best.alpha, "gptq"), key=_relative)
         results[name] = best
     return results
+
+
+def _relative(s: Sensitivity) -> float:
+    return s.relative_error
 
 
 def end_to_end(
@@ -130,8 +144,7 @@ def end_to_end(
     reference = run_prompts()
     for name, linear in backbone_linears(backbone).items():
         w = linear.weight.detach().t().float()
-        alpha = sensitivity[name].alpha
-        plan = plan_linear(scheme, w.numpy(), calibration.absmax[name], alpha, method == "outlier-safe")
+        plan = sensitivity[name].plan(name, w.numpy(), calibration, scheme, method)
         w_dq = torch.from_numpy(plan.dequantized())
 
         def swap(_m, args, out, plan=plan, w_dq=w_dq):
