@@ -264,12 +264,15 @@ def precision_block() -> str:
                 limit = "" if entry.get("threshold") is None else f" ({entry['threshold']:g})"
                 row[header] = f"{fmt(entry['value'])}{limit}"
         row["kept float"] = ", ".join(k.removeprefix("layers.") for k in run.get("kept", [])) or "–"
+        rounding = run.get("gptq")
+        row["GPTQ-rounded"] = f"{rounding['gptq']} of {rounding['linears']}" if rounding else "–"
         refused = run.get("refused", "")
         if "would overflow" in refused:
             refused = "refused: fp16 overflow, " + refused.split("queries ", 1)[1].split(" (fp16", 1)[0]
         row["verdict"] = refused or ("pass" if run.get("passed") else "FAIL")
         rows.append(row)
-    columns = {k: k for k in ["precision", "method", *PRECISION_METRICS.values(), "kept float", "verdict"]}
+    headers = ["precision", "method", *PRECISION_METRICS.values(), "kept float", "GPTQ-rounded", "verdict"]
+    columns = {k: k for k in headers}
     note = (
         f"Recorded {result['environment']['date']} on {result['checkpoint']}, worst of "
         f"{result['queries']['held_out']} held-out queries ({result['queries']['calibration']} calibrate); "

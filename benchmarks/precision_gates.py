@@ -34,7 +34,6 @@ RUNS = [  # (precision, --quantization, --max-fallback)
     ("fp8", "outlier-safe", 25),
     ("int4", "plain", 0),
     ("int4", "outlier-safe", 25),
-    ("int4", "outlier-safe", 40),
 ]
 STAGES = ["--stages", "backbone_prefill", "action_head", "backbone_decode"]
 
@@ -102,6 +101,10 @@ def record() -> dict:
                 }
                 quant = manifest.get("quantization", {})
                 row["kept"] = quant.get("fallback", {}).get("kept", [])
+                quantized = [s for n, s in quant.get("sensitivity", {}).items() if n not in row["kept"]]
+                if quantized:
+                    gptq = sum(s.get("rounding") == "gptq" for s in quantized)
+                    row["gptq"] = {"linears": len(quantized), "gptq": gptq}
                 row["float_base"] = quant.get("float_base")
             else:
                 row["refused"] = err.getvalue().strip().splitlines()[-1][:300]

@@ -11,16 +11,19 @@ the ones the accuracy fallback keeps float (`kept`, listed in the manifest). Per
 the numbers: an optional per-input-channel smoothing divisor s (an explicit Mul by 1/s on the
 activation, the weight rows multiplied by s), the static activation scale and the quantized weight.
 `plan_linear` makes it, the graph writer writes it and `fake_quant` simulates it (the search in
-`rynn_edge.export.search` picks s per linear by simulating), so the three cannot disagree.
+`rynn_edge.export.search` picks s, and the rounding, per linear by simulating), so the three cannot
+disagree. The weight is rounded to nearest or, where the search finds it better, with GPTQ against the
+linear's calibration inputs (`rynn_edge.export.gptq`); the scales are the same either way.
 
 Schemes:
 - int8: W8A8, activations per-tensor int8 (calibrated absmax after smoothing), weights per-output-channel
   int8, symmetric.
-- int4: weight-only (W4A16), blockwise along K (block 32, or K when it does not divide), round-to-nearest
-  after the activation-aware scaling s; DequantizeLinear with block_size (opset 21).
+- int4: weight-only (W4A16), blockwise along K (block 32, or K when it does not divide), MSE-clipped
+  block scales after the activation-aware scaling s; DequantizeLinear with block_size (opset 21).
 - fp8: W8A8 in FLOAT8E4M3FN, per-tensor scales (amax / 448) for activations and weights.
 Methods (`--quantization`): `outlier-safe` (default) runs on the Hadamard-rotated backbone
-(`rynn_edge.export.rotation`) with s searched per linear; `plain` is the pre-rotation recipe (int8
+(`rynn_edge.export.rotation`) with s and the rounding searched per linear (QuaRot's recipe: rotation,
+then GPTQ); `plain` is the pre-rotation recipe (int8
 SmoothQuant alpha 0.5, int4 and fp8 round-to-nearest), kept as the baseline the tests show failing on
 outlier checkpoints.
 """

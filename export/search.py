@@ -5,7 +5,8 @@ records, per backbone linear, every input channel's absmax (the static activatio
 of input rows: the largest-norm rows of each prompt (the massive-activation tokens, which set the
 scales) plus evenly spaced others. On those rows each linear is simulated quantized
 (`quantize.fake_quant`) for every candidate smoothing exponent alpha; the one with the smallest output
-error wins (SmoothQuant's alpha searched per layer, AWQ's grid search for int4). Its output error
+error wins (SmoothQuant's alpha searched per layer, AWQ's grid search for int4); at that alpha, GPTQ
+rounding (`rynn_edge.export.gptq`) replaces round-to-nearest when it lowers the error. Its output error
 against fp32 -- RMS of the per-token relative error, worst and mean token cosine -- is its sensitivity,
 which orders the accuracy fallback and goes into the manifest.
 
