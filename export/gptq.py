@@ -28,14 +28,15 @@ BATCH = 128  # rows rounded between two updates of the rest (the paper's lazy ba
 
 
 def inverse_hessian_factor(rows: torch.Tensor) -> torch.Tensor:
-    """Upper Cholesky factor [K, K] (fp32) of the damped inverse of H = X^T X over unit-norm rows [M, K]."""
-    x = rows.double()
+    """Upper Cholesky factor [K, K] of the damped inverse of H = X^T X over unit-norm rows [M, K]. In fp32,
+    as the paper: the damping bounds H's condition number, and fp64 would triple the time at K = 11008."""
+    x = rows.float()
     x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-30)
     h = x.t() @ x
     dead = h.diagonal() == 0  # channels that are zero on every row: any value is exact there
     h[dead, dead] = 1.0
     h.diagonal().add_(DAMP * h.diagonal().mean())
-    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
 
 def round_compensated(

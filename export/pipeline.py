@@ -229,9 +229,8 @@ def reference_run(
                 rotation.rotate(backend.backbone)
             run.calibration = search.Calibration.collect(backend.backbone, calibrate)
             scheme = next(iter(schemes.values()))
-            run.sensitivity = search.search(backend.backbone, run.calibration, scheme, opts.quantization)
-            search.end_to_end(
-                backend.backbone, calibrate, run.sensitivity, run.calibration, scheme, opts.quantization
+            run.sensitivity = search.search(
+                backend.backbone, run.calibration, scheme, opts.quantization, calibrate
             )
     del backend.backbone  # the fp32 backbone is done: free it before the head export below
     gc.collect()
@@ -291,7 +290,6 @@ def export_backbone(
     stages = [s for s in BACKBONE_STAGES if s in precisions]
     if not stages:
         return {}
-    scheme = {s: precisions[s] for s in stages}
     floats = float_types(precisions, run)
     _, backbone, _ = load_model(opts.model, dtype=DTYPES[floats[stages[0]]])
     if quantized(precisions) and opts.quantization == "outlier-safe":
@@ -300,36 +298,40 @@ def export_backbone(
     ids = torch.zeros(1, length, dtype=torch.long)
     positions = torch.arange(length)[None]
     mask = torch.ones(1, length, dtype=torch.bool)
+    graphs = {}
+    for stage in stages:
+        dtype = DTYPES[floats[stage]]
+        _cast_backbone(backbone, dtype)
+        cache = torch.zeros(cfg.num_hidden_layers, 1, cfg.num_attention_heads, 4, cfg.head_dim, dtype=dtype)
+        module, example = {
+            "backbone_prefill": (onnx_graphs.BackbonePrefill(backbone), (ids, positions, mask)),
+            "backbone_decode": (
+                onnx_graphs.BackboneDecode(backbone),
+                (ids[:, :2], positions[:, :2], cache, cache, torch.ones(1, 2, 6, dtype=torch.bool)),
+            ),
+        }[stage]
+        graphs[stage] = onnx_graphs.export_backbone_graph(
+            module, example, stage, dynamic_axes(io_spec(cfg, stage))
+        )
     file = onnx_graphs.WeightFile(opts.out / WEIGHTS)
     counts: dict[str, dict[str, int]] = {}
     try:
-        for stage in stages:
-            dtype = DTYPES[floats[stage]]
-            _cast_backbone(backbone, dtype)
-            cache = torch.zeros(
-                cfg.num_hidden_layers, 1, cfg.num_attention_heads, 4, cfg.head_dim, dtype=dtype
-            )
-            module, example = {
-                "backbone_prefill": (onnx_graphs.BackbonePrefill(backbone), (ids, positions, mask)),
-                "backbone_decode": (
-                    onnx_graphs.BackboneDecode(backbone),
-                    (ids[:, :2], positions[:, :2], cache, cache, torch.ones(1, 2, 6, dtype=torch.bool)),
-                ),
-            }[stage]
-            model = onnx_graphs.export_backbone_graph(
-                module, example, stage, dynamic_axes(io_spec(cfg, stage))
-            )
-            if scheme[stage] in quantize.SCHEMES:
+        schemes = quantized(precisions)
+        if schemes:  # one search ran, for one scheme (reference_run): every quantized stage shares it
+            scheme = next(iter(schemes.values()))
+            _cast_backbone(backbone, DTYPES[run.float_base])
 
-                def plan(name: str, w, scheme=scheme[stage]) -> quantize.Plan:
-                    return run.sensitivity[name].plan(name, w, run.calibration, scheme, opts.quantization)
+            def plan(name: str, w) -> quantize.Plan:
+                return run.sensitivity[name].plan(name, w, run.calibration, scheme, opts.quantization)
 
-                quantize.quantize_backbone(model, backbone, plan, kept, file)
+            quantize.quantize_backbone([graphs[s] for s in schemes], backbone, plan, kept, file)
+        for stage, model in graphs.items():
+            _cast_backbone(backbone, DTYPES[floats[stage]])
             # after the export: it re-lays the linear weights out, and the old tensors must not be held
             onnx_graphs.attach_weights(model, stage, onnx_graphs.backbone_weights(backbone), file)
-            if scheme[stage] in quantize.SCHEMES:
+            if stage in schemes:
                 counts[stage] = quantize.check_quantized(
-                    model, scheme[stage], cfg.num_hidden_layers, cfg.vocab_size, kept
+                    model, schemes[stage], cfg.num_hidden_layers, cfg.vocab_size, kept
                 ).as_dict()
             onnx_graphs.save_graph(model, opts.out / f"{stage}.onnx")
     finally:

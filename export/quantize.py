@@ -279,22 +279,27 @@ class _Writer:
 
 
 def quantize_backbone(
-    model: onnx.ModelProto,
+    models: list[onnx.ModelProto],
     backbone: nn.Module,
     plan: Callable[[str, np.ndarray], Plan],
     kept: frozenset[str] = frozenset(),
     file: WeightFile | None = None,
-) -> onnx.ModelProto:
-    """Quantize every backbone linear of `model` in place as `plan(name, w)` says (w: its float weight
-    [K, N] as the graph stores it; linears in `kept` stay float); returns `model`. With `file`, the
-    quantized weights are written there one linear at a time (see _Writer)."""
-    writer = _Writer(model, file)
-    linears = backbone_linears(backbone)
-    for name, node in match_linears(model, backbone).items():
-        if name not in kept:
-            _write(writer, node, name, plan(name, writer.weight(node, linears[name])))
-    writer.finish(model)
-    return model
+) -> list[onnx.ModelProto]:
+    """Quantize every backbone linear of each graph in `models` (prefill and decode of one backbone) in
+    place as `plan(name, w)` says, computed once per linear for all of them (w: its float weight [K, N]
+    as the first graph stores it; linears in `kept` stay float); returns `models`. With `file`, the
+    quantized weights are written there one linear at a time (see _Writer); the graphs share them."""
+    writers = [(_Writer(model, file), match_linears(model, backbone)) for model in models]
+    for name, linear in backbone_linears(backbone).items():
+        if name in kept:
+            continue
+        weights = [writer.weight(nodes[name], linear) for writer, nodes in writers]
+        linear_plan = plan(name, weights[0])
+        for writer, nodes in writers:
+            _write(writer, nodes[name], name, linear_plan)
+    for (writer, _), model in zip(writers, models, strict=True):
+        writer.finish(model)
+    return models
 
 
 LOW_BIT = {

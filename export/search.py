@@ -104,65 +104,72 @@ def _error(y: torch.Tensor, yq: torch.Tensor) -> tuple[float, float, float]:
     return rel, float(cos.min()), float(cos.mean())
 
 
-def search(backbone: nn.Module, calibration: Calibration, scheme: str, method: str) -> dict[str, Sensitivity]:
+def search(
+    backbone: nn.Module,
+    calibration: Calibration,
+    scheme: str,
+    method: str,
+    run_prompts: Callable[[], list[torch.Tensor]],
+) -> dict[str, Sensitivity]:
     """Per linear: the smoothing exponent with the least simulated output error and, for outlier-safe,
-    whether GPTQ rounding at that exponent beats round-to-nearest; that error is its sensitivity."""
+    whether GPTQ rounding at that exponent beats round-to-nearest; that error is its sensitivity, and
+    `_end_to_end` adds what the choice costs the final hidden states. `run_prompts()` returns the final
+    hidden states of the calibration prompts."""
+    reference = run_prompts()
     results = {}
     for name, linear in backbone_linears(backbone).items():
         w = linear.weight.detach().t().float()  # [K, N]
         x = calibration.rows[name]
         y = x @ w
 
-        def measured(alpha: float, rounding: str = "nearest", name=name, w=w, x=x, y=y) -> Sensitivity:
-            choice = Sensitivity(alpha, 0, 0, 0, rounding=rounding)
-            plan = choice.plan(name, w.numpy(), calibration, scheme, method)
+        def measured(alpha: float, rounding: str = "nearest", name=name, w=w, x=x, y=y):
+            plan = Sensitivity(alpha, 0, 0, 0, rounding=rounding).plan(
+                name, w.numpy(), calibration, scheme, method
+            )
             error = _error(y, fake_quant(plan, x, torch.from_numpy(plan.dequantized())))
-            return Sensitivity(alpha, *error, rounding=rounding)
+            return Sensitivity(alpha, *error, rounding=rounding), plan
 
         best = min((measured(a) for a in ALPHAS[method] or (PLAIN_ALPHA[scheme],)), key=_relative)
         if method == "outlier-safe":
-            best = min(best, measured(best.alpha, "gptq"), key=_relative)
-        results[name] = best
+            best = min(best, measured(best[0].alpha, "gptq"), key=_relative)
+        sensitivity, plan = best
+        sensitivity.hidden_cosine_min, sensitivity.hidden_cosine_mean = _end_to_end(
+            linear, plan, run_prompts, reference
+        )
+        results[name] = sensitivity
     return results
 
 
-def _relative(s: Sensitivity) -> float:
-    return s.relative_error
+def _relative(candidate: tuple[Sensitivity, Plan]) -> float:
+    return candidate[0].relative_error
 
 
-def end_to_end(
-    backbone: nn.Module,
+def _end_to_end(
+    linear: nn.Linear,
+    plan: Plan,
     run_prompts: Callable[[], list[torch.Tensor]],
-    sensitivity: dict[str, Sensitivity],
-    calibration: Calibration,
-    scheme: str,
-    method: str,
-) -> None:
-    """Fill each linear's hidden_cosine_*: one pass of `run_prompts()` (final hidden states per
-    calibration prompt) with only that linear simulated quantized. The error of one linear is not its
-    cost: a 4% error on the massive-activation token that a layer-0 down_proj writes moves every later
-    layer's attention, while a larger one elsewhere washes out (measured on the outlier checkpoints)."""
-    reference = run_prompts()
-    for name, linear in backbone_linears(backbone).items():
-        w = linear.weight.detach().t().float()
-        plan = sensitivity[name].plan(name, w.numpy(), calibration, scheme, method)
-        w_dq = torch.from_numpy(plan.dequantized())
+    reference: list[torch.Tensor],
+) -> tuple[float, float]:
+    """(worst, mean) cosine of the final hidden states against `reference` with only `linear` simulated
+    quantized. The error of one linear is not its cost: a 4% error on the massive-activation token that
+    a layer-0 down_proj writes moves every later layer's attention, while a larger one elsewhere washes
+    out (measured on the outlier checkpoints)."""
+    w_dq = torch.from_numpy(plan.dequantized())
 
-        def swap(_m, args, out, plan=plan, w_dq=w_dq):
-            x = args[0].float().reshape(-1, args[0].shape[-1])
-            return fake_quant(plan, x, w_dq).reshape(out.shape).to(out.dtype)
+    def swap(_m, args, out):
+        x = args[0].float().reshape(-1, args[0].shape[-1])
+        return fake_quant(plan, x, w_dq).reshape(out.shape).to(out.dtype)
 
-        hook = linear.register_forward_hook(swap)
-        try:
-            hidden = run_prompts()
-        finally:
-            hook.remove()
-        cos = [
-            torch.nn.functional.cosine_similarity(h.double(), r.double(), dim=-1, eps=1e-30)
-            for h, r in zip(hidden, reference, strict=True)
-        ]
-        sensitivity[name].hidden_cosine_min = float(min(c.min() for c in cos))
-        sensitivity[name].hidden_cosine_mean = float(torch.cat([c.flatten() for c in cos]).mean())
+    hook = linear.register_forward_hook(swap)
+    try:
+        hidden = run_prompts()
+    finally:
+        hook.remove()
+    cos = [
+        torch.nn.functional.cosine_similarity(h.double(), r.double(), dim=-1, eps=1e-30)
+        for h, r in zip(hidden, reference, strict=True)
+    ]
+    return float(min(c.min() for c in cos)), float(torch.cat([c.flatten() for c in cos]).mean())
 
 
 def fallback_order(sensitivity: dict[str, Sensitivity]) -> list[str]:

@@ -261,7 +261,7 @@ def test_tensorrt_rtx_builds_quantized_graphs(tmp_path, so100_fp32, so100_bundle
     for stage in stages:
         model = onnx.load(str(so100_fp32[0] / f"{stage}.onnx"))
         quantize.quantize_backbone(
-            model, backbone, lambda name, w: quantize.plan_linear(scheme, w, absmax[name], 0.0)
+            [model], backbone, lambda name, w: quantize.plan_linear(scheme, w, absmax[name], 0.0)
         )
         quantize.check_quantized(model, scheme, cfg.num_hidden_layers, cfg.vocab_size)
         onnx.save(model, str(out / f"{stage}.onnx"))
