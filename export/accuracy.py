@@ -27,8 +27,9 @@ Why these numbers:
   fp16 VQGAN agreement in the high 90s. The quantizer distances always stay fp32.
 - Actions: one discrete action bin is 2/255 = 0.0078 normalized; fp16 may move actions by ~2.5 bins,
   int8 by ~8 bins (0.06 = 3% of the range, ~1.8 deg on a 60-deg SO100 joint range). int4 weight-only
-  round-to-nearest is the coarse, memory-first option (0.2 = 10% of the range, ~25 bins): measured
-  0.15 on the tiny random checkpoints; beyond it the chunk visibly changes the arm's path.
+  is the coarse, memory-first option (0.2 = 10% of the range, ~25 bins): round-to-nearest measured
+  0.15 on the tiny random checkpoints; beyond it the chunk visibly changes the arm's path. (GPTQ
+  rounding now measures 0.03 on the outlier stress checkpoint; the bound is kept for the random ones.)
 - Hidden cosine bounds are the usual LLM PTQ acceptance levels (SmoothQuant W8A8 >= 0.99; RTN int4 on
   random-like weights ~0.97); the action error threshold is the one that matters for the robot.
 - Token agreement is teacher-forced (each step sees the reference's previous tokens), so one flip does
@@ -51,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from rynn_edge.runtime import decoding
-from rynn_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from rynn_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend, session_options
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4", "fp8")  # every precision has a gate below
 FLOATS = ("fp32", "fp16", "bf16")
@@ -106,9 +107,7 @@ class ArenaFreeBackend(OnnxRuntimeBackend):
         if stage not in self._sessions:
             import onnxruntime as ort
 
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            options.enable_cpu_mem_arena = False
+            options = session_options(enable_cpu_mem_arena=False)
             path = self.artifact.stage_file(stage)
             with emulated_path(path) as (runnable, emulated):
                 self._sessions[stage] = ort.InferenceSession(str(runnable), options, providers=self.providers)

@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quantization",
         choices=METHODS,
         default="outlier-safe",
-        help="int8/int4/fp8 method: outlier-safe (Hadamard rotation + per-linear searched smoothing, "
-        "default) or plain (per-tensor round-to-nearest, the baseline)",
+        help="int8/int4/fp8 method: outlier-safe (Hadamard rotation + per-linear searched smoothing and "
+        "GPTQ rounding, default) or plain (per-tensor round-to-nearest, the baseline)",
     )
     parser.add_argument(
         "--max-fallback",

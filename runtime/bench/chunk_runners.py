@@ -303,6 +303,8 @@ def _no_gpu_steps():
 def onnxruntime_runner(artifact_dir: Path, precision: str | None, weights: str) -> ChunkRunner:
     import onnxruntime as ort
 
+    from rynn_edge.runtime.backends.onnxruntime import session_options
+
     predictor = open_predictor(artifact_dir, backend="onnxruntime")
     backend = predictor.backend
     stages = backend.artifact.stages()
@@ -318,7 +320,7 @@ def onnxruntime_runner(artifact_dir: Path, precision: str | None, weights: str) 
             session, queries = backend.session("action_head"), "checkpoint"
         else:
             path = _export_head(backend.artifact.model, time_horizon, head_precision, folder)
-            session = ort.InferenceSession(str(path), providers=backend.providers)
+            session = ort.InferenceSession(str(path), session_options(), providers=backend.providers)
             queries = "synthetic"
 
         def run() -> None:

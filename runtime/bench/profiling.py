@@ -240,12 +240,12 @@ def profile_onnxruntime(
     """Plain session timing, then a profiling session over the same graph and feeds."""
     import onnxruntime as ort
 
-    plain = ort.InferenceSession(str(model_path), providers=providers)
+    from rynn_edge.runtime.backends.onnxruntime import session_options
+
+    plain = ort.InferenceSession(str(model_path), session_options(), providers=providers)
     plain_ms = _median_ms(lambda: plain.run(None, feeds), runs)
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    options.log_severity_level = 3
-    options.profile_file_prefix = str(Path(model_path).with_suffix("")) + "_profile"
+    prefix = str(Path(model_path).with_suffix("")) + "_profile"
+    options = session_options(enable_profiling=True, profile_file_prefix=prefix)
     session = ort.InferenceSession(str(model_path), options, providers=providers)
     for _ in range(runs + 1):  # the first run is a warm-up, excluded below
         session.run(None, feeds)

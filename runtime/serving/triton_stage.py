@@ -22,6 +22,7 @@ class StageModel:
         import onnxruntime as ort
 
         from rynn_edge.runtime.backends.artifact import Artifact
+        from rynn_edge.runtime.backends.onnxruntime import session_options
 
         config = json.loads(args["model_config"])
         # Only this stage's files are hashed here (every model hashing all the weights would be slow).
@@ -32,9 +33,7 @@ class StageModel:
         if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
             device = int(args["model_instance_device_id"])
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device}))
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(graph), options, providers=providers)
+        self.session = ort.InferenceSession(str(graph), session_options(), providers=providers)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
 
