@@ -119,25 +119,36 @@ def search(
     results = {}
     for name, linear in backbone_linears(backbone).items():
         w = linear.weight.detach().t().float()  # [K, N]
-        x = calibration.rows[name]
-        y = x @ w
-
-        def measured(alpha: float, rounding: str = "nearest", name=name, w=w, x=x, y=y):
-            plan = Sensitivity(alpha, 0, 0, 0, rounding=rounding).plan(
-                name, w.numpy(), calibration, scheme, method
-            )
-            error = _error(y, fake_quant(plan, x, torch.from_numpy(plan.dequantized())))
-            return Sensitivity(alpha, *error, rounding=rounding), plan
-
-        best = min((measured(a) for a in ALPHAS[method] or (PLAIN_ALPHA[scheme],)), key=_relative)
+        y = calibration.rows[name] @ w
+        tried = [Sensitivity(a, 0, 0, 0) for a in ALPHAS[method] or (PLAIN_ALPHA[scheme],)]
+        best = min((_measured(c, name, w, y, calibration, scheme, method) for c in tried), key=_relative)
         if method == "outlier-safe":
-            best = min(best, measured(best[0].alpha, "gptq"), key=_relative)
+            gptq = Sensitivity(best[0].alpha, 0, 0, 0, rounding="gptq")
+            best = min(best, _measured(gptq, name, w, y, calibration, scheme, method), key=_relative)
         sensitivity, plan = best
         sensitivity.hidden_cosine_min, sensitivity.hidden_cosine_mean = _end_to_end(
             linear, plan, run_prompts, reference
         )
         results[name] = sensitivity
     return results
+
+
+def _measured(
+    choice: Sensitivity,
+    name: str,
+    w: torch.Tensor,
+    y: torch.Tensor,
+    calibration: Calibration,
+    scheme: str,
+    method: str,
+) -> tuple[Sensitivity, Plan]:
+    """`choice` (its alpha and rounding) with its simulated output error on the sampled rows filled in."""
+    plan = choice.plan(name, w.numpy(), calibration, scheme, method)
+    x = calibration.rows[name]
+    choice.relative_error, choice.cosine_min, choice.cosine_mean = _error(
+        y, fake_quant(plan, x, torch.from_numpy(plan.dequantized()))
+    )
+    return choice, plan
 
 
 def _relative(candidate: tuple[Sensitivity, Plan]) -> float:
