@@ -400,17 +400,48 @@ def memory_block() -> str:
     return "\n\n".join([MEMORY_BEGIN, body, MEMORY_END])
 
 
+SERVING_BEGIN, SERVING_END = "<!-- serving:begin -->", "<!-- serving:end -->"
+
+
+def serving_block() -> str:
+    """A control step in-process, through Triton, through LeRobot (benchmarks/serving.py)."""
+    path = RESULTS / "serving_cpu_tiny.json"
+    if not path.is_file():
+        return "\n\n".join([SERVING_BEGIN, "No recorded serving run yet.", SERVING_END])
+    result = json.loads(path.read_text())
+    rows = [
+        r | {"ratio": f"x{r['p50_vs_in_process']:.3f}", "request": f"{r['request_bytes'] / 1e6:.2f} MB",
+             "response": f"{r['response_bytes'] / 1e3:.1f} kB"}
+        for r in result["rows"]
+    ]  # fmt: skip
+    columns = {"path": "path", "p50_ms": "p50 ms", "p99_ms": "p99 ms", "ratio": "p50 vs in-process"}
+    columns |= {"request": "request", "response": "response", "runs": "runs"}
+    art, machine = result["artifact"], result["machine"]
+    note = (
+        f"Measured with `{result['command']}`: {result['benchmark']}; {result['measured']}. "
+        f"{art['precision']} artifact, {art['weights']} (hidden {art['model']['hidden_size']}, "
+        f"{art['model']['num_hidden_layers']} layers), {machine['cores']} cores, load average "
+        f"{machine['loadavg'][0]:.1f}."
+    )
+    return "\n\n".join([SERVING_BEGIN, note, table(rows, columns), SERVING_END])
+
+
+GENERATED_BLOCKS = (
+    (PRECISION_BEGIN, PRECISION_END, precision_block),
+    (MEMORY_BEGIN, MEMORY_END, memory_block),
+    (SERVING_BEGIN, SERVING_END, serving_block),
+)
+
+
 def updated_readme(text: str) -> str:
     if BEGIN not in text:
         text = text.rstrip("\n") + f"\n\n## Benchmarks\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
     text = head + readme_block() + rest.split(END, 1)[1]
-    if PRECISION_BEGIN in text:
-        head, rest = text.split(PRECISION_BEGIN, 1)
-        text = head + precision_block() + rest.split(PRECISION_END, 1)[1]
-    if MEMORY_BEGIN in text:
-        head, rest = text.split(MEMORY_BEGIN, 1)
-        text = head + memory_block() + rest.split(MEMORY_END, 1)[1]
+    for begin, end, block in GENERATED_BLOCKS:
+        if begin in text:
+            head, rest = text.split(begin, 1)
+            text = head + block() + rest.split(end, 1)[1]
     return text
 
 
