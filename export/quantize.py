@@ -146,10 +146,13 @@ def _levels(scheme: str, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def _round(
     scheme: str, w: torch.Tensor, scale: torch.Tensor, block: int, rows: torch.Tensor | None
 ) -> torch.Tensor:
-    per_row = scale.repeat_interleave(block, 0) if block else scale.expand_as(w)  # [K, N]
-    if rows is None:
-        return _levels(scheme, w, per_row)
-    return gptq.round_compensated(w, rows, lambda i: per_row[i], lambda row, s: _levels(scheme, row, s))
+    if rows is None:  # every row at once; int4 scales broadcast over their blocks
+        if not block:
+            return _levels(scheme, w, scale)
+        k, n = w.shape
+        return _levels(scheme, w.reshape(k // block, block, n), scale[:, None]).reshape(k, n)
+    row_scale = (lambda i: scale[i // block]) if block else (lambda i: scale)
+    return gptq.round_compensated(w, rows, row_scale, lambda row, s: _levels(scheme, row, s))
 
 
 INT4_CLIPS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
@@ -218,16 +221,26 @@ class _Writer:
         self.np_float: type = np.float32
 
     def weight(self, node: onnx.NodeProto, linear: nn.Linear) -> np.ndarray:
-        """The float32 weight [K, N] of `node`; later scales of this node take its stored dtype."""
+        """The float32 weight [K, N] of `node`, as the graph stores it (see `stored_type`)."""
+        init = self.inits.get(node.input[1])
+        dtype = self.stored_type(node)
+        if init is not None:
+            return numpy_helper.to_array(init).astype(np.float32)
+        return linear.weight.detach().t().float().numpy().astype(dtype).astype(np.float32)
+
+    def stored_type(self, node: onnx.NodeProto) -> np.dtype:
+        """The dtype of `node`'s weight in this graph (the exporter leaves some linears fp32 inside an
+        fp16 graph); later scales of this node take it."""
         init = self.inits.get(node.input[1])
         if init is not None:
-            w = numpy_helper.to_array(init)
-        else:  # in the graph's dtype (the exporter leaves some linears fp32 inside an fp16 graph)
-            value = next(i for i in self.graph.input if i.name == node.input[1])
-            dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-            w = linear.weight.detach().t().float().numpy().astype(dtype)
-        self.np_float = w.dtype.type
-        return w.astype(np.float32)
+            elem_type = init.data_type
+        else:
+            elem_type = next(
+                i for i in self.graph.input if i.name == node.input[1]
+            ).type.tensor_type.elem_type
+        dtype = helper.tensor_dtype_to_np_dtype(elem_type)
+        self.np_float = dtype.type
+        return dtype
 
     def const(self, name: str, value: np.ndarray) -> str:
         tensor = numpy_helper.from_array(value, name)
@@ -293,8 +306,10 @@ def quantize_backbone(
     for name, linear in backbone_linears(backbone).items():
         if name in kept:
             continue
-        weights = [writer.weight(nodes[name], linear) for writer, nodes in writers]
-        linear_plan = plan(name, weights[0])
+        (first, first_nodes), *others = writers
+        linear_plan = plan(name, first.weight(first_nodes[name], linear))
+        for writer, nodes in others:
+            writer.stored_type(nodes[name])
         for writer, nodes in writers:
             _write(writer, nodes[name], name, linear_plan)
     for (writer, _), model in zip(writers, models, strict=True):
