@@ -2,16 +2,16 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# The CPU build of torch (a looser requirement would pull the multi-GB CUDA build).
-TORCH  ?= torch==2.13.0
+# Empty: tools/setup_env.py decides (NVIDIA's torch where one is installed, else PyPI's CPU build
+# torch==2.13.0: a looser requirement would pull the multi-GB CUDA build). TORCH=... overrides it.
+TORCH  ?=
+EXTRAS ?= dev,onnx,export,trt-check,camera,plot,sdk,serve
 
 .PHONY: setup demo test lint fuzz
 
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard kernels/csrc/*.c kernels/csrc/*.h)
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,onnx,export,trt-check,camera,plot,sdk,serve]"
+# Detects a Jetson / a desktop GPU / a CPU machine, prints what it chose and why, makes the venv.
+$(VENV)/.installed: pyproject.toml setup.py tools/setup_env.py $(wildcard kernels/csrc/*.c kernels/csrc/*.h)
+	$(PYTHON) tools/setup_env.py --python $(PYTHON) --venv $(VENV) --torch "$(TORCH)" --extras "$(EXTRAS)"
 	touch $@
 
 setup: $(VENV)/.installed
