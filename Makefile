@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?=
 EXTRAS ?= dev,onnx,export,trt-check,camera,plot,sdk,serve
 
-.PHONY: setup demo test lint fuzz
+.PHONY: setup demo test lint fuzz ctest
 
 # Detects a Jetson / a desktop GPU / a CPU machine, prints what it chose and why, makes the venv.
 $(VENV)/.installed: pyproject.toml setup.py tools/setup_env.py $(wildcard kernels/csrc/*.c kernels/csrc/*.h)
@@ -33,3 +33,14 @@ fuzz: setup
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# The C core (without the CPython module) and kernels/ctest/feetech_test.c as one plain executable, built with
+# the extension's warnings as errors. `make ctest CC=aarch64-linux-gnu-gcc RUN=qemu-aarch64-static` is the
+# aarch64 build run under qemu-user (CI: .ci/run; Debian packages gcc-aarch64-linux-gnu qemu-user-static).
+RUN     ?=
+C_FLAGS := -O2 -std=c11 -Wall -Wextra -Wconversion -Werror -D_GNU_SOURCE -Ikernels/csrc
+C_CORE  := $(filter-out kernels/csrc/module.c,$(wildcard kernels/csrc/*.c))
+ctest:
+	mkdir -p build/ctest
+	$(CC) $(C_FLAGS) -static $(C_CORE) kernels/ctest/feetech_test.c -lpthread -lm -o build/ctest/feetech_test-$(notdir $(CC))
+	$(RUN) build/ctest/feetech_test-$(notdir $(CC))
