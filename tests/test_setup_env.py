@@ -172,3 +172,11 @@ def test_dry_run_on_this_machine_prints_the_plan(fake) -> None:
     ).stdout
     shown = json.loads(out)
     assert shown["plan"]["extras"] == ["dev", "sdk"] and shown["commands"][-1][-1] == ".[dev,sdk]"
+
+
+def test_a_gpu_less_container_build_with_tensorrt_shares_it(fake) -> None:
+    """docker build sees no GPU (no nvidia-smi), but NVIDIA's base image has TensorRT: keep it visible."""
+    fake.package("tensorrt", "__version__ = '10.13.0'\n")
+    machine = detect(fake)
+    chosen = setup_env.plan(machine, "", EXTRAS)
+    assert machine.kind == "cpu" and chosen.system_site_packages and chosen.torch == "torch==2.13.0"

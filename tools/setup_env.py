@@ -1,9 +1,10 @@
 """`make setup`'s installer: finds what kind of machine this is, then makes the venv to suit it.
 
   CPU machine      an isolated venv with PyPI's torch (TORCH, default torch==2.13.0): CI and laptops.
-  Jetson           /etc/nv_tegra_release, or aarch64 with CUDA (Thor): the venv sees the system site-packages,
-                   so JetPack's TensorRT bindings (a Debian package) and NVIDIA's torch wheel stay usable.
-  desktop GPU      nvidia-smi answers: the same, when the base Python has TensorRT or a CUDA torch.
+  Jetson           /etc/nv_tegra_release, or aarch64 with CUDA (Thor): JetPack's TensorRT bindings are a
+                   Debian package, NVIDIA's torch a wheel for the system Python: the venv must see both.
+  desktop GPU      nvidia-smi answers.
+Wherever the base Python has TensorRT or a CUDA torch (a container build sees no GPU), the venv shares them.
 
 NVIDIA's torch is kept, not replaced: pip is constrained to its exact version. numpy is pinned below 2
 when that torch was built against numpy 1 (numpy 2 breaks it at import). An explicit TORCH=... always wins.
@@ -135,17 +136,17 @@ def plan(machine: Machine, torch_override: str, extras: list[str]) -> Plan:
         }[machine.kind]
     )
     cuda_torch = base.get("torch") if base.get("torch_cuda") else None
-    if machine.kind != "cpu":
-        if base.get("tensorrt") or cuda_torch:
-            out.system_site_packages = True
-            found = [f"TensorRT {base['tensorrt']}"] if base.get("tensorrt") else []
-            found += [f"torch {cuda_torch} (CUDA {base['torch_cuda']})"] if cuda_torch else []
-            why.append(f"venv with --system-site-packages: the base Python has {' and '.join(found)}")
-        else:
-            why.append(
-                "isolated venv: the base Python has neither TensorRT nor a CUDA torch (JetPack: "
-                "apt install python3-libnvinfer; desktop: pip install tensorrt), so nothing to share"
-            )
+    # Shared whenever the base Python has them, GPU seen or not: a container build sees no GPU.
+    if base.get("tensorrt") or cuda_torch:
+        out.system_site_packages = True
+        found = [f"TensorRT {base['tensorrt']}"] if base.get("tensorrt") else []
+        found += [f"torch {cuda_torch} (CUDA {base['torch_cuda']})"] if cuda_torch else []
+        why.append(f"venv with --system-site-packages: the base Python has {' and '.join(found)}")
+    elif machine.kind != "cpu":
+        why.append(
+            "isolated venv: the base Python has neither TensorRT nor a CUDA torch (JetPack: "
+            "apt install python3-libnvinfer; desktop: pip install tensorrt), so nothing to share"
+        )
     if torch_override:
         out.torch = torch_override
         why.append(f"torch: {torch_override} as TORCH= asks")
