@@ -80,6 +80,12 @@ def test_silent_servo_stops_answering_from_its_time() -> None:
         assert [s["silent"] for s in sim.state()["servos"]] == [i == 3 for i in IDS]
 
 
+def test_model_fault_makes_one_servo_report_another_model() -> None:
+    with sdk(faults=["model:4:1060"]) as (port, ph, _):
+        assert [ph.ping(port, i)[0] for i in IDS] == [ct.MODEL_STS3215] * 3 + [1060] + [ct.MODEL_STS3215] * 2
+        assert ph.read2ByteTxRx(port, 4, ct.MODEL_NUMBER)[0] == 1060
+
+
 def test_overload_latches_error_bit_and_drops_torque() -> None:
     with sdk(faults=["overload:2@0.3", "overheat:5"]) as (port, ph, sim):
         for i in IDS:

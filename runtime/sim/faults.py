@@ -18,13 +18,14 @@ fault spec: KIND[:ARG[:RATE]][@T]   (repeat --fault; T = seconds after the ready
   overload:ID       servo ID latches error bit 0x20 in Status and every status packet and drops torque
   overheat:ID       like overload with bit 0x04 and a temperature above Max_Temperature_Limit
   echo              the adapter echoes every host byte back (half-duplex wiring)
+  model:ID:NUMBER   servo ID is another model: Model_Number reads NUMBER (a wrong servo on the bus)
   RATE is P (probability 0..1, drawn from --seed) or 1/N (every Nth event); default: every event.
   Latched errors clear only on REBOOT (0x08) / RESET (0x06), as a power cycle would.
   examples: --fault drop:0.05 --fault corrupt:1/10 --fault silent:3@2.5 --fault late:80:0.1"""
 
 PER_EVENT = ("drop", "corrupt", "truncate", "late")
 PER_SERVO = {"silent": 0, "overload": ct.ERR_OVERLOAD, "overheat": ct.ERR_OVERHEAT}
-KINDS = (*PER_EVENT, *PER_SERVO, "echo")
+KINDS = (*PER_EVENT, *PER_SERVO, "echo", "model")
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Fault:
     kind: str
     start: float = 0.0
     servo_id: int = 0
+    model: int = 0
     delay_ms: float = 0.0
     probability: float = 1.0
     every: int = 0
@@ -85,6 +87,10 @@ def parse_fault(spec: str, seed: int, index: int) -> Fault:
         if len(args) != 1 or not args[0].isdigit():
             raise UserError(f"fault {spec!r}: {kind} needs one servo id, e.g. {kind}:3")
         fault.servo_id = int(args.pop())
+    if kind == "model":
+        if len(args) != 2 or not all(a.isdigit() for a in args) or int(args[1]) > 0xFFFF:
+            raise UserError(f"fault {spec!r}: model needs a servo id and a model number, e.g. model:3:1060")
+        fault.servo_id, fault.model = int(args.pop(0)), int(args.pop())
     if kind in PER_EVENT and args:
         fault.probability, fault.every = _rate(args.pop(0), spec)
     if args:
@@ -110,6 +116,10 @@ class FaultPlan:
 
     def late_s(self, now: float) -> float:
         return max([f.delay_ms / 1000.0 for f in self._of("late") if f.fires(now)], default=0.0)
+
+    def models(self) -> dict[int, int]:
+        """Servo id -> the model number it reports instead of the STS3215's (from power-on)."""
+        return {f.servo_id: f.model for f in self._of("model")}
 
     def muted(self, now: float) -> frozenset[int]:
         return frozenset(f.servo_id for f in self._of("silent") if now >= f.start)

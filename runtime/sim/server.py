@@ -81,8 +81,9 @@ class Simulator:
             raise UserError(f"--initial-positions has {len(positions)} values for {len(config.ids)} ids")
         baud_index = next(k for k, v in ct.BAUD_RATES.items() if v == config.baud)
         servos = (Servo(i, pos, self.t0, baud_index) for i, pos in zip(config.ids, positions, strict=True))
-        self.bus = Bus(servos, config.baud)
         self.faults = FaultPlan(config.faults, config.seed)
+        models = self.faults.models()
+        self.bus = Bus((s.with_model(models[s.id]) if s.id in models else s for s in servos), config.baud)
         self.parser = p.Parser()
         self.byte_s = BITS_PER_BYTE / config.baud
         self.bus_free = 0.0

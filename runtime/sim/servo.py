@@ -35,6 +35,12 @@ class Servo:
         self.last = now
         self._power_on()
 
+    def with_model(self, model: int) -> Servo:
+        """This servo reporting another Model_Number (fault injection: a wrong servo type on the bus)."""
+        for table in (self.eprom, self.regs):
+            table[ct.MODEL_NUMBER : ct.MODEL_NUMBER + 2] = model.to_bytes(2, "little")
+        return self
+
     # -- register access ---------------------------------------------------------------------------
 
     @property
