@@ -45,6 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "serve an artifact on Triton Inference Server, or on LeRobot's async-inference protocol",
     ),
     "build": ("rynn_edge.runtime.commands.build", "TensorRT engines from an ONNX artifact, on this machine"),
+    "doctor": (
+        "rynn_edge.runtime.commands.doctor",
+        "is this robot computer ready? GPU, TensorRT, engines, memory, real time, port, servos, cameras",
+    ),
     "verify": (
         "rynn_edge.runtime.commands.verify",
         "replay an artifact's golden vectors, print its accuracy",

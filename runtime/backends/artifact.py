@@ -95,6 +95,22 @@ class Artifact:
             _verify_engine_target(folder, artifact.target, local_gpu(), local_tensorrt_version())
         return artifact
 
+    @classmethod
+    def read(cls, folder: str | Path) -> Artifact:
+        """The manifest alone, no file hashed: a quick look at what the artifact needs (`doctor`)."""
+        folder = Path(folder)
+        return cls(folder, _read_manifest(folder))
+
+    def device_problem(self, gpu: LocalGPU | None, trt_version: str | None) -> str | None:
+        """Why this artifact's TensorRT engines cannot run on `gpu` with `trt_version`; None if they can."""
+        if self.target.get("kind") != "tensorrt":
+            return None
+        try:
+            _verify_engine_target(self.path, self.target, gpu, trt_version)
+        except UserError as err:
+            return str(err)
+        return None
+
     @property
     def target(self) -> dict[str, Any]:
         return self.manifest.get("target", {})
