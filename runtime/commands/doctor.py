@@ -86,7 +86,8 @@ def rows(args: argparse.Namespace) -> list:
     out += [camera_probe.camera_row(name, source, size) for name, source in cameras]
     out.append(health.disk_row(args.episode_log_dir, args.duration, args.loop_rate))
     if args.scan:
-        out += servo_probe.scan_ports(servo_probe.candidate_ports(), args.baud)
+        ports = servo_probe.candidate_ports() + ([args.port] if args.port else [])
+        out += servo_probe.scan_ports(sorted(set(ports)), args.baud)
         out += camera_probe.scan_cameras()
     return out
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import glob
 import time
+from pathlib import Path
 
 from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.robot.cameras import Camera
 from rynn_edge.runtime.robot.health import FAIL, OK, SKIP, WARN, Row
 
+STILL_IMAGES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 FIRST_FRAME_S = 5.0
 MEASURE_S = 1.0
 MIN_RATE_HZ = 10.0  # below this the policy sees stale images (it queries at a few Hz; frames must be fresher)
@@ -39,7 +41,7 @@ def camera_row(
     height, width = last.image.shape[:2]
     found = f"{source}: {width}x{height}, {rate:.1f} frames/s measured over {measure_s:g} s"
     if camera.error:
-        return Row(check, FAIL, f"{found}; then {camera.error}", _open_hint(source))
+        return Row(check, FAIL, f"{found}; then {camera.error}", "it stopped: " + _open_hint(source))
     if size is not None and (width, height) != size:
         return Row(
             check,
@@ -60,6 +62,8 @@ def camera_row(
 
 
 def _open_hint(source: str) -> str:
+    if Path(source).suffix.lower() in STILL_IMAGES:
+        return "a still image gives one frame: use a video file (played in a loop) or a camera"
     if source.startswith("/dev/video") or source.isdigit():
         return (
             "check the cable and that your user is in the video group (sudo usermod -aG video $USER); "

@@ -19,6 +19,7 @@ from rynn_edge.runtime.robot.calibration import MotorCalibration
 from rynn_edge.runtime.robot.health import FAIL, OK, SKIP, WARN, Row, user_name
 
 SERIAL_GLOBS = ("/dev/ttyACM*", "/dev/ttyUSB*", "/dev/serial/by-id/*")
+SERIAL_GROUPS = ("dialout", "uucp")
 UDEV_RULES = "/etc/udev/rules.d"
 UDEV_RULE_FILE = "99-so100.rules"
 BUS_TIMEOUT_MS = 20.0  # generous: a probe, not the control loop
@@ -104,6 +105,9 @@ def port_rows(facts: PortFacts, rules_dir: str = UDEV_RULES) -> list[Row]:
     mode = stat.filemode(os.stat(facts.path).st_mode)
     found = f"{facts.path} ({mode}, group {facts.group})"
     rows = []
+    # Serial adapters belong to dialout (Debian, Ubuntu, JetPack) or uucp (Arch, Fedora); a port in any
+    # other group gets one of those by the udev rule.
+    group = facts.group if facts.group in SERIAL_GROUPS else "dialout"
     if facts.readable_writable:
         rows.append(Row("serial port", OK, found + ", read/write"))
     else:
@@ -112,7 +116,7 @@ def port_rows(facts: PortFacts, rules_dir: str = UDEV_RULES) -> list[Row]:
                 "serial port",
                 FAIL,
                 f"{found}: no read/write access for {user_name()} (groups {', '.join(facts.user_groups)})",
-                f"sudo usermod -aG {facts.group or 'dialout'} {user_name()} and log out and in, or install "
+                f"sudo usermod -aG {group} {user_name()} and log out and in, or install "
                 f"the udev rule: echo '{udev_rule(facts.usb)}' | sudo tee {rules_dir}/{UDEV_RULE_FILE} && "
                 "sudo udevadm control --reload && sudo udevadm trigger",
             )
