@@ -126,9 +126,7 @@ def port_rows(facts: PortFacts, rules_dir: str = UDEV_RULES) -> list[Row]:
         return rows
     ids = f"{facts.usb.get('idVendor')}:{facts.usb.get('idProduct')}"
     rule = udev_rule(facts.usb)
-    written = [
-        p for p in sorted(Path(rules_dir).glob("*.rules")) if facts.usb.get("idProduct", "?") in p.read_text()
-    ]
+    written = [p for p in sorted(Path(rules_dir).glob("*.rules")) if _names_adapter(p.read_text(), facts.usb)]
     if written:
         rows.append(Row("udev rule", OK, f"adapter {ids} has a rule in {written[0]}"))
     else:
@@ -142,6 +140,10 @@ def port_rows(facts: PortFacts, rules_dir: str = UDEV_RULES) -> list[Row]:
             )
         )
     return rows
+
+
+def _names_adapter(rules: str, usb: dict[str, str]) -> bool:
+    return all(f'{key}}}=="{usb.get(key, "?")}"' in rules for key in ("idVendor", "idProduct"))
 
 
 def _read(bus, sid: int, reg: tuple[int, int]) -> tuple[int, int]:
