@@ -58,6 +58,9 @@ def fake(tmp_path: Path):
     out = Fake()
     out.site.mkdir()
     out.missing = str(tmp_path / "absent")
+    # By default the base Python has PyPI's CPU torch and numpy 2 (as on CI), without importing the real ones.
+    out.package("torch", "__version__ = '2.13.0+cpu'\nclass version:\n    cuda = None\n")
+    out.package("numpy", "__version__ = '2.2.6'\n")
     return out
 
 
