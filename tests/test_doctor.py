@@ -152,7 +152,10 @@ def test_table_shows_each_verdict_and_hint(capsys) -> None:
     assert "  ok  servo 1 shoulder_pan" in out and f"{code} check(s) failed" in out
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv to drop capabilities")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="hands the pty to nobody and drops root's capabilities: needs root and util-linux setpriv",
+)
 def test_port_without_permission_and_rtprio_0(tmp_path) -> None:
     """Root without CAP_DAC_OVERRIDE / CAP_SYS_NICE and with RLIMIT_RTPRIO 0: a real denial, not a fake."""
     with launch() as port:
