@@ -4,6 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The CPU build of torch (a looser requirement would pull the multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
+# EGL for the physics twin's cameras (sim --physics); installed where apt is usable, else a note.
+GL_LIBS := libegl1 libegl-mesa0 libgl1-mesa-dri
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo -n)
 
 .PHONY: setup demo test lint fuzz
 
@@ -11,7 +14,11 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard kernels/csrc/*.c kernels/
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,onnx,export,trt-check,camera,plot,sdk,serve]"
+	$(PY) -m pip install -q -e ".[dev,onnx,export,trt-check,camera,plot,sdk,serve,physics]"
+	@dpkg -s $(GL_LIBS) >/dev/null 2>&1 || { $(SUDO) apt-get install -y -qq $(GL_LIBS) >/dev/null 2>&1 \
+	  || echo "note: could not install $(GL_LIBS) (the physics twin's headless cameras): install them" \
+	     "(or libosmesa6 and set MUJOCO_GL=osmesa)"; }
+	$(PY) -m rynn_edge.runtime.sim.scene
 	touch $@
 
 setup: $(VENV)/.installed

@@ -5,7 +5,7 @@ never install that package (it needs Python 3.12 and pins mujoco<4): `pip downlo
 its sha256 is checked against the pin below, and only the model folder, with its LICENSE and
 PROVENANCE, is unpacked into ~/.cache/rynn-edge/physics/. Nothing of it is committed to this repository.
 
-`python -m rynn_edge.runtime.sim.model_cache` prepares the cache (what `make setup` runs).
+`python -m rynn_edge.runtime.sim.scene` prepares the cache and the scenes (what `make setup` runs).
 """
 
 from __future__ import annotations
@@ -100,11 +100,3 @@ def ensure_model(root: Path | None = None, wheel: Path | None = None) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)  # atomic: a crash never leaves a half-unpacked model behind
     return folder
-
-
-if __name__ == "__main__":
-    try:
-        print(f"physics twin model: {ensure_model()}")
-    except UserError as err:
-        print(f"rynn-edge: error: {err}", file=sys.stderr)
-        sys.exit(2)

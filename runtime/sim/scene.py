@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -130,3 +131,12 @@ def build_scene(name: str = "table", root: Path | None = None) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return xml_path
+
+
+if __name__ == "__main__":
+    try:
+        for scene in SCENES:
+            print(f"physics twin scene {scene}: {build_scene(scene)}")
+    except UserError as err:
+        print(f"rynn-edge: error: {err}", file=sys.stderr)
+        sys.exit(2)
