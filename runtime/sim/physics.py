@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -74,6 +75,7 @@ class Twin:
         self.bias = self.model.actuator_biasprm[:, :3].copy()
         self.force_range = self.model.actuator_forcerange.copy()
         self.servos: dict[int, PhysicsServo] = {}
+        self.lock = threading.Lock()  # held while stepping: the camera thread copies the state under it
         rng = np.random.default_rng(seed)
         cube = self.model.joint("cube").qposadr[0]
         self.data.qpos[cube : cube + 2] += rng.uniform(-CUBE_JITTER_M, CUBE_JITTER_M, 2)
@@ -120,8 +122,9 @@ class Twin:
         started = time.perf_counter()
         for joint, servo in self.servos.items():
             self._apply(servo, joint)
-        for _ in range(steps):
-            self.mujoco.mj_step(self.model, self.data)
+        with self.lock:
+            for _ in range(steps):
+                self.mujoco.mj_step(self.model, self.data)
         self.busy_s += time.perf_counter() - started
 
     def stats(self, now: float) -> dict[str, float]:

@@ -160,8 +160,6 @@ class Simulator:
                 if servo.id == servo_id:
                     servo.inject(bits, now)
         self.bus.tick(now)
-        if self.cameras is not None and self.cameras.due():
-            self.cameras.render()
 
     def state(self, now: float) -> dict[str, object]:
         self.tick(now)
@@ -231,8 +229,7 @@ class Simulator:
         from rynn_edge.runtime.sim.render import CameraRig
 
         self.cameras = CameraRig(self.twin, frames_dir(self.config.link), options.camera_fps)
-        try:
-            self.cameras.render()  # a frame is there before the ready line
+        try:  # its first frame is there before the ready line
             yield
         finally:
             self.cameras.close()
