@@ -11,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -32,7 +33,8 @@ try:
 
     import_mujoco()
     SCENE = build_scene("table")
-    _probe = renderer(Twin(SCENE, 0.0), 24, 32)
+    _twin = Twin(SCENE, 0.0)
+    _probe = renderer(_twin.mujoco, _twin.model, 24, 32)
     _probe.close()
 except UserError as err:  # mujoco or its GL libraries are not installable here
     pytest.skip(f"physics twin unavailable: {err}", allow_module_level=True)
@@ -119,7 +121,7 @@ def test_driving_into_the_table_raises_load_and_trips_overload_protection():
 
 
 def render(arm: Arm) -> np.ndarray:
-    r = renderer(arm.twin, 120, 160)
+    r = renderer(arm.twin.mujoco, arm.twin.model, 120, 160)
     try:
         r.update_scene(arm.twin.data, camera="front")
         return r.render().copy()
@@ -178,33 +180,85 @@ def test_feetech_sdk_drives_the_twin_and_its_cameras_follow():
             loads = [ct.decode_signed(v, 10) for v in sync_read(port, ph, ct.PRESENT_LOAD)]
             assert loads[1] != 0  # shoulder_lift holds the arm against gravity
             twin = sim.state()["twin"]
-            assert twin["frames"] > 10 and twin["render_ms_per_frame"] > 0 and twin["realtime_factor"] > 0.5
+            assert twin["frames"] > 10 and twin["render_ms"] > 0 and twin["realtime_factor"] > 0.5
         finally:
             for cam in cams:
                 cam.close()
             port.closePort()
 
 
-def test_run_against_the_twin_stops_on_an_injected_overload_with_torque_off(so100_bundle, tmp_path):
-    calibration, link = tmp_path / "calibration.json", tmp_path / "ttySO100"
+def run_command(bundle: dict, tmp_path, link, cameras: tuple[str, ...], duration: float) -> list[str]:
+    calibration = tmp_path / "calibration.json"
     save_calibration(calibration, so100.simulator_calibration())
-    cmd = [
-        sys.executable, "-m", "rynn_edge.runtime.cli", "run", str(so100_bundle["model"]),
-        "--tokenizer", str(so100_bundle["tokenizer"]), "--vq", str(so100_bundle["vq"]),
-        "--robot", "so100", "--port", str(link), "--port-wait", "120", "--calibration", str(calibration),
-        "--instruction", "put the cube in the box", "--duration", "30", "--loop-rate", "50",
-        "--camera", f"front=sim:{link}", "--camera", f"wrist=sim:{link}", "--json",
-        "--max-missed-cycles", "25", "--episode-log", str(tmp_path / "episode.jsonl"),
+    return [
+        sys.executable, "-m", "rynn_edge.runtime.cli", "run", str(bundle["model"]),
+        "--tokenizer", str(bundle["tokenizer"]), "--vq", str(bundle["vq"]), "--robot", "so100",
+        "--port", str(link), "--port-wait", "120", "--calibration", str(calibration),
+        "--instruction", "put the cube in the box", "--duration", str(duration), "--loop-rate", "50",
+        "--max-missed-cycles", "25", "--json", "--episode-log", str(tmp_path / "episode.jsonl"),
+        *[arg for camera in cameras for arg in ("--camera", camera)],
     ]  # fmt: skip
-    # The twin (and its cameras) must be up before the run opens them; its fault comes once the run
-    # has loaded the model and drives the arm.
-    with launch(link=link, physics=(), faults=("overload:6@8.0",)) as sim:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+class Run:
+    """`rynn-edge run` in a child; its stderr pumped on a thread (it signals when it waits for the port)."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.waiting = threading.Event()
+        self.pump = threading.Thread(target=self._pump, daemon=True)
+        self.pump.start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if "waiting for" in line:
+                self.waiting.set()
+
+    def finish(self, sim) -> tuple[dict, list[dict]]:
+        """The run's summary and the twin's servos read back after it ended."""
+        self.proc.wait(timeout=120)
+        self.pump.join(10)
         servos = sim.state()["servos"]
-    assert result.stdout.strip(), result.stderr
-    summary = json.loads(result.stdout)
-    assert (result.returncode, summary["exit_reason"]) == (4, "servo_error"), result.stderr
+        stdout = self.proc.stdout.read()
+        assert stdout.strip(), "".join(self.lines)
+        return json.loads(stdout), servos
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_run_drives_the_twin_through_its_rendered_cameras(so100_bundle, tmp_path):
+    link = tmp_path / "ttySO100"
+    with launch(link=link, physics=()) as sim:  # the cameras open before the run loads its model
+        cameras = (f"front=sim:{link}", f"wrist=sim:{link}")
+        run = Run(run_command(so100_bundle, tmp_path, link, cameras, duration=3.0))
+        try:
+            summary, servos = run.finish(sim)
+        finally:
+            run.kill()
+    assert (summary["exit_code"], summary["exit_reason"]) == (0, "completed"), summary["message"]
+    assert summary["chunks_executed"] >= 1 and all(s["torque"] == 0 for s in servos)
+    assert set(summary["twin_render_ms"]) == {"front", "wrist"}
+    assert summary["twin_render_ms"]["front"]["p50"] > 0
+
+
+def test_an_injected_overload_stops_the_run_with_torque_off(so100_bundle, tmp_path):
+    link = tmp_path / "ttySO100"
+    run = Run(
+        run_command(so100_bundle, tmp_path, link, ("front=synthetic", "wrist=synthetic"), duration=30.0)
+    )
+    try:
+        # the run waits for the port once its model is loaded, so the fault's clock starts with the loop
+        assert run.waiting.wait(120), "".join(run.lines)
+        with launch(link=link, physics=(), faults=("overload:6@1.0",)) as sim:
+            summary, servos = run.finish(sim)
+    finally:
+        run.kill()
+    assert (run.proc.returncode, summary["exit_reason"]) == (4, "servo_error"), summary["message"]
     assert "gripper (id 6)" in summary["message"] and "overload" in summary["message"]
     assert summary["cycles"] > 0 and summary["torque_off"] == [1, 2, 3, 4, 5, 6]
     assert all(s["torque"] == 0 for s in servos)
-    assert set(summary["twin_render_ms"]) == {"front", "wrist"}

@@ -25,7 +25,7 @@ import numpy as np
 
 from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.sim.cli import DEFAULT_LINK
-from rynn_edge.runtime.sim.frames import FrameReader, frames_dir
+from rynn_edge.runtime.sim.frames import SlotReader, frames_dir
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
 
@@ -71,7 +71,7 @@ class Camera:
         kind, _, arg = self.source.partition(":")
         self._dead_after_s: float | None = None
         self._cap = None
-        self._shared: FrameReader | None = None
+        self._shared: SlotReader | None = None
         if kind == "sim":
             self._shared = _sim_frames(self.name, arg or DEFAULT_LINK)
             return
@@ -135,8 +135,8 @@ class Camera:
             frame = self._shared.latest()
             if frame is not None and frame.seq != last:
                 last = frame.seq
-                self.render_s.append(frame.render_s)
-                self._publish(frame.image, frame.seq)
+                self.render_s.append(frame.cost_s)
+                self._publish(frame.data, frame.seq)
 
     def _run_opencv(self) -> None:
         import cv2
@@ -214,10 +214,10 @@ def _synthetic_seconds(name: str, source: str) -> float | None:
     return seconds
 
 
-def _sim_frames(name: str, link: str) -> FrameReader:
+def _sim_frames(name: str, link: str) -> SlotReader:
     path = frames_dir(link) / f"{name}.rgb"
     try:
-        return FrameReader(path)
+        return SlotReader(path)
     except (OSError, ValueError) as err:
         raise UserError(
             f"camera {name}=sim: no rendered view at {path} ({err}); start `rynn-edge sim --physics "

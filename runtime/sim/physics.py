@@ -11,16 +11,16 @@ is simulated.
 Overload protection as the firmware does it: a load above Overload_Torque (%) for Protection_Time
 (x 10 ms) latches the overload bit (0x20), and Unloading_Condition (0x20 set by default) drops torque.
 
-The physics clock runs at `realtime_factor` x wall time. It never runs ahead of the wall clock; when
-the process falls more than MAX_LAG_S behind, the backlog is dropped, so simulated time / wall time
-(the real-time factor reported in the state) shows whether the twin kept up.
+The physics clock runs at `realtime_factor` x wall time and never runs ahead of it. After a stall of
+the process (the arm kept moving meanwhile) the physics catches up, up to MAX_LAG_S of backlog; beyond
+that the backlog is dropped and simulated time slips, so simulated time / wall time (the real-time
+factor in the state) stays below 1 when the twin cannot keep up; `max_lag_ms` is the longest stall.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -28,12 +28,13 @@ import numpy as np
 
 from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.sim import control_table as ct
+from rynn_edge.runtime.sim.frames import SlotWriter
 from rynn_edge.runtime.sim.servo import Servo
 
 JOINTS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
 TICKS_PER_RAD = 4096 / (2 * math.pi)
 CENTRE = 2048
-MAX_LAG_S = 0.1
+MAX_LAG_S = 0.5
 MOVING_SPEED = 20.0  # step/s: below this the moving flag is clear (holding against gravity is < 1 step)
 CUBE_JITTER_M = 0.02  # --seed moves the cube by up to this much on the table
 
@@ -75,7 +76,7 @@ class Twin:
         self.bias = self.model.actuator_biasprm[:, :3].copy()
         self.force_range = self.model.actuator_forcerange.copy()
         self.servos: dict[int, PhysicsServo] = {}
-        self.lock = threading.Lock()  # held while stepping: the camera thread copies the state under it
+        self.pose: SlotWriter | None = None  # where the renderer reads the state (render.RenderProcess)
         rng = np.random.default_rng(seed)
         cube = self.model.joint("cube").qposadr[0]
         self.data.qpos[cube : cube + 2] += rng.uniform(-CUBE_JITTER_M, CUBE_JITTER_M, 2)
@@ -85,7 +86,7 @@ class Twin:
         """(Re)anchor simulated time 0 at `now` (the moment the bus goes live)."""
         self.t0 = now - self.data.time / self.realtime_factor
         self.wall0, self.sim0 = now, self.data.time
-        self.busy_s = 0.0
+        self.busy_s = self.max_lag_s = 0.0
 
     def set_joint(self, joint: int, ticks_: float) -> None:
         self.data.qpos[self.qpos[joint]] = radians(ticks_)
@@ -113,6 +114,7 @@ class Twin:
     def advance(self, now: float) -> None:
         target = (now - self.t0) * self.realtime_factor
         behind = target - self.data.time
+        self.max_lag_s = max(self.max_lag_s, behind / self.realtime_factor)
         if behind > MAX_LAG_S * self.realtime_factor:  # fell behind: drop the backlog, time slips
             self.t0 += (behind - self.dt) / self.realtime_factor
             behind = self.dt
@@ -122,10 +124,14 @@ class Twin:
         started = time.perf_counter()
         for joint, servo in self.servos.items():
             self._apply(servo, joint)
-        with self.lock:
-            for _ in range(steps):
-                self.mujoco.mj_step(self.model, self.data)
+        for _ in range(steps):
+            self.mujoco.mj_step(self.model, self.data)
+        self.publish_pose()
         self.busy_s += time.perf_counter() - started
+
+    def publish_pose(self) -> None:
+        if self.pose is not None:
+            self.pose.publish(self.data.qpos, self.data.time)
 
     def stats(self, now: float) -> dict[str, float]:
         wall = max(now - self.wall0, 1e-9)
@@ -133,6 +139,7 @@ class Twin:
             "sim_time_s": round(self.data.time, 4),
             "realtime_factor": round((self.data.time - self.sim0) / wall, 3),
             "physics_busy": round(self.busy_s / wall, 3),
+            "max_lag_ms": round(self.max_lag_s * 1000, 1),
         }
 
 

@@ -1,33 +1,44 @@
-"""Headless rendering of the twin's cameras (front, wrist) into shared frame files at the camera rate.
+"""Headless rendering of the twin's cameras (front, wrist), in a process of its own.
+
+The simulator publishes the joint state (qpos and simulated time) to a shared slot after every physics
+step; the render process copies it at the camera rate (simulated time), renders both views from its own
+copy of the scene and publishes them as frame slots beside the bus link (frames.frames_dir). In its own
+process the 5-30 ms a frame pair takes never delays a bus reply (the host times out after 5 ms), never
+holds the simulator's GIL, and does not inherit its SCHED_FIFO priority.
 
 EGL (Mesa's llvmpipe on a machine without a GPU) by default; MUJOCO_GL=osmesa selects OSMesa.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import threading
+import os
+import select
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.sim.frames import FrameWriter
-from rynn_edge.runtime.sim.physics import Twin
+from rynn_edge.runtime.sim.frames import SlotReader, SlotWriter
+from rynn_edge.runtime.sim.physics import Twin, import_mujoco
 from rynn_edge.runtime.sim.scene import CAMERA_SIZE
 
-# camera name on the bus side -> camera in the scene
+# camera name on the run's side -> camera in the scene
 CAMERAS = {"front": "front", "wrist": "wrist_cam"}
 GL_LIBRARIES = (
     "EGL: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri; "
     "or OSMesa: apt-get install libosmesa6 and set MUJOCO_GL=osmesa"
 )
+POSE = "pose.f64"
+START_TIMEOUT_S = 30.0
 
 
-def renderer(twin: Twin, height: int, width: int):
+def renderer(mujoco, model, height: int, width: int):
     """A MuJoCo offscreen renderer with shadows off, or a clear error naming the system libraries."""
-    mujoco = twin.mujoco
     try:
-        r = mujoco.Renderer(twin.model, height, width)
+        r = mujoco.Renderer(model, height, width)
     except Exception as err:  # the GL platform's own error types differ (EGL, OSMesa, GLFW)
         raise UserError(f"the twin's cameras cannot render headless ({err}); {GL_LIBRARIES}") from None
     r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
@@ -35,78 +46,110 @@ def renderer(twin: Twin, height: int, width: int):
     return r
 
 
-class CameraRig:
-    """Renders every camera of the twin at `fps` (simulated time) into `folder/NAME.rgb`, on its own thread.
+def serve(scene_xml: Path, folder: Path, fps: float, size: tuple[int, int] = CAMERA_SIZE) -> None:
+    """The render process: runs until its stdin closes (the simulator ended)."""
+    mujoco = import_mujoco()
+    model = mujoco.MjModel.from_xml_path(str(scene_xml))
+    view = mujoco.MjData(model)
+    width, height = size
+    r = renderer(mujoco, model, height, width)
+    pose = SlotReader(folder / POSE)
+    writers = {name: SlotWriter(folder / f"{name}.rgb", (height, width, 3), "|u1") for name in CAMERAS}
+    period, next_s = 1.0 / fps, 0.0
+    try:
+        while True:
+            readable, _, _ = select.select([0], [], [], period / 4)
+            if readable and not os.read(0, 512):
+                return
+            snap = pose.latest()
+            if snap is None or snap.sim_time_s < next_s:
+                continue
+            view.qpos[:] = snap.data
+            view.time = snap.sim_time_s
+            mujoco.mj_kinematics(model, view)
+            mujoco.mj_camlight(model, view)
+            for name, camera in CAMERAS.items():
+                started = time.perf_counter()
+                r.update_scene(view, camera=camera)
+                writers[name].publish(r.render(), snap.sim_time_s, time.perf_counter() - started)
+            next_s = max(next_s + period, snap.sim_time_s)
+    finally:
+        for writer in writers.values():
+            writer.close()
+        pose.close()
+        r.close()
 
-    MuJoCo releases the GIL while it renders, so the bus loop keeps answering within microseconds while a
-    frame is drawn (in the loop itself, a 5-15 ms render would time out the host's 5 ms bus reads). The
-    thread copies the joint state under the twin's lock and renders from its own copy.
-    """
 
-    def __init__(self, twin: Twin, folder: Path, fps: float, size: tuple[int, int] = CAMERA_SIZE) -> None:
-        self.twin, self.period, self.size = twin, 1.0 / fps, size
-        self.view = twin.mujoco.MjData(twin.model)
+class RenderProcess:
+    """The simulator's side: publishes the twin's pose, runs `serve` in a child, reports its render times."""
+
+    def __init__(self, twin: Twin, scene_xml: Path, folder: Path, fps: float) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
-        width, height = size
-        self.writers = {name: FrameWriter(folder / f"{name}.rgb", height, width) for name in CAMERAS}
-        self.frames = 0
-        self.render_s = 0.0
-        self.error: UserError | None = None
-        self._first = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="twin-cameras", daemon=True)
-        self._thread.start()
-        self._first.wait()
-        if self.error is not None:
+        twin.pose = self.pose = SlotWriter(folder / POSE, (twin.model.nq,), "<f8")
+        twin.publish_pose()
+        self.log = folder / "render.log"
+        cmd = [sys.executable, "-m", "rynn_edge.runtime.sim.render", str(scene_xml), str(folder), str(fps)]
+        with open(self.log, "w") as log:
+            # stdin is a pipe only the simulator holds: the renderer ends with it, however it ends
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=log)
+        self.readers: dict[str, SlotReader] = {}
+        try:
+            self._wait_first_frames()
+        except BaseException:
             self.close()
-            raise self.error
+            raise
 
-    def _run(self) -> None:
-        width, height = self.size
-        try:
-            r = renderer(self.twin, height, width)  # the GL context belongs to this thread
-        except UserError as err:
-            self.error = err
-            self._first.set()
-            return
-        next_s = 0.0
-        try:
-            while not self._stop.is_set():
-                if self.twin.data.time < next_s:
-                    self._stop.wait(self.period / 4)
-                    continue
-                self._render(r)
-                self._first.set()
-                next_s = max(next_s + self.period, self.view.time)
-        finally:
-            r.close()
-
-    def _render(self, r) -> None:
-        """One frame of every camera from a copy of the current state, stamped with its simulated time."""
-        mujoco = self.twin.mujoco
-        with self.twin.lock:
-            self.view.qpos[:] = self.twin.data.qpos
-            self.view.time = self.twin.data.time
-        mujoco.mj_kinematics(self.twin.model, self.view)
-        mujoco.mj_camlight(self.twin.model, self.view)
-        for name, camera in CAMERAS.items():
-            started = time.perf_counter()
-            r.update_scene(self.view, camera=camera)
-            image = r.render()
-            spent = time.perf_counter() - started
-            self.writers[name].publish(image, self.view.time, spent)
-            self.render_s += spent
-        self.frames += 1
+    def _wait_first_frames(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while len(self.readers) < len(CAMERAS) or any(r.latest() is None for r in self.readers.values()):
+            if self.proc.poll() is not None:
+                said = self.log.read_text().strip()
+                raise UserError(said.rpartition("error: ")[2] or f"the twin's renderer exited: {said}")
+            if time.monotonic() > deadline:
+                raise UserError(f"the twin's renderer gave no frame in {START_TIMEOUT_S:g} s ({self.log})")
+            for name in CAMERAS:
+                with contextlib.suppress(OSError, ValueError):
+                    self.readers.setdefault(name, SlotReader(self.folder / f"{name}.rgb"))
+            time.sleep(0.01)
 
     def stats(self) -> dict[str, float]:
-        per_frame = self.render_s / self.frames if self.frames else 0.0
-        return {"frames": self.frames, "render_ms_per_frame": round(per_frame * 1000, 2)}
+        """Frames rendered so far and the last frame pair's render time."""
+        snaps = [r.latest() for r in self.readers.values()]
+        return {
+            "frames": min(s.seq for s in snaps if s) if all(snaps) else 0,
+            "render_ms": round(sum(s.cost_s for s in snaps if s) * 1000, 2),
+        }
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5.0)
-        for writer in self.writers.values():
-            writer.close()
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for reader in self.readers.values():
+            reader.close()
+        self.pose.close()
+        self.log.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.folder.rmdir()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rynn_edge.runtime.sim.render", description=__doc__)
+    parser.add_argument("scene_xml", type=Path)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("fps", type=float)
+    args = parser.parse_args(argv)
+    try:
+        serve(args.scene_xml, args.folder, args.fps)
+    except UserError as err:
+        print(f"rynn-edge sim: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

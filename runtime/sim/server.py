@@ -111,8 +111,8 @@ class Simulator:
 
         if len(self.config.ids) != len(JOINTS):
             raise UserError(f"--physics drives the joints {', '.join(JOINTS)}: give six --ids, in that order")
-        scene = build_scene(options.scene)
-        twin = Twin(scene, self.t0, realtime_factor=options.realtime_factor, seed=self.config.seed)
+        self.scene_xml = build_scene(options.scene)
+        twin = Twin(self.scene_xml, self.t0, realtime_factor=options.realtime_factor, seed=self.config.seed)
         self.twin = twin
         return [
             PhysicsServo(twin, joint, i, pos, self.t0, baud)
@@ -201,7 +201,7 @@ class Simulator:
         previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_dump)
         old_wakeup = signal.set_wakeup_fd(wake_w)
         try:
-            with _pty_link(self.config.link) as master, self._camera_rig():
+            with self._camera_rig(), _pty_link(self.config.link) as master:  # link last: all is live
                 self.t0 = time.monotonic()
                 for servo in self.bus.servos:
                     servo.last = self.t0
@@ -226,10 +226,11 @@ class Simulator:
             yield
             return
         from rynn_edge.runtime.sim.frames import frames_dir
-        from rynn_edge.runtime.sim.render import CameraRig
+        from rynn_edge.runtime.sim.render import RenderProcess
 
-        self.cameras = CameraRig(self.twin, frames_dir(self.config.link), options.camera_fps)
-        try:  # its first frame is there before the ready line
+        folder = frames_dir(self.config.link)
+        self.cameras = RenderProcess(self.twin, self.scene_xml, folder, options.camera_fps)
+        try:  # its first frames are there before the ready line
             yield
         finally:
             self.cameras.close()

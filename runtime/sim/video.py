@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from rynn_edge.runtime.sim.frames import FrameReader
+from rynn_edge.runtime.sim.frames import SlotReader
 
 PANEL_W = 170
 GIF_FPS = 10
@@ -22,7 +22,7 @@ class FrameRecorder:
     """Keeps every new frame of one twin camera at up to `fps`, stamped with time.monotonic_ns()."""
 
     def __init__(self, path: Path, fps: float = GIF_FPS) -> None:
-        self.reader = FrameReader(path)
+        self.reader = SlotReader(path)
         self.period = 1.0 / fps
         self.frames: list[tuple[int, np.ndarray]] = []
         self._stop = threading.Event()
@@ -35,7 +35,7 @@ class FrameRecorder:
             frame = self.reader.latest()
             if frame is not None and frame.seq != last:
                 last = frame.seq
-                self.frames.append((time.monotonic_ns(), frame.image))
+                self.frames.append((time.monotonic_ns(), frame.data))
 
     def close(self) -> None:
         self._stop.set()
