@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import threading
@@ -27,6 +28,8 @@ from rynn_edge.runtime.sim import control_table as ct
 from rynn_edge.runtime.sim import launch
 
 try:
+    from rynn_edge.runtime.sim.mesh_decimate import decimate_file, read_stl
+    from rynn_edge.runtime.sim.model_cache import WHEEL, ensure_model, model_dir
     from rynn_edge.runtime.sim.physics import PhysicsServo, Twin, import_mujoco
     from rynn_edge.runtime.sim.render import renderer
     from rynn_edge.runtime.sim.scene import build_scene
@@ -262,3 +265,57 @@ def test_an_injected_overload_stops_the_run_with_torque_off(so100_bundle, tmp_pa
     assert "gripper (id 6)" in summary["message"] and "overload" in summary["message"]
     assert summary["cycles"] > 0 and summary["torque_off"] == [1, 2, 3, 4, 5, 6]
     assert all(s["torque"] == 0 for s in servos)
+
+
+def test_decimated_scene_keeps_the_model_s_masses_and_inertias():
+    mujoco = import_mujoco()
+    stock = mujoco.MjModel.from_xml_path(str(model_dir() / "so101.xml"))
+    ours = mujoco.MjModel.from_xml_path(str(SCENE))
+    assert ours.nmeshface < stock.nmeshface / 5
+    ids = [ours.body(stock.body(i).name).id for i in range(stock.nbody)]
+    assert np.array_equal(stock.body_mass, ours.body_mass[ids])
+    assert np.array_equal(stock.body_inertia, ours.body_inertia[ids])
+    assert np.array_equal(stock.actuator_gainprm, ours.actuator_gainprm)
+
+
+def test_decimation_is_deterministic_and_keeps_the_shape(tmp_path):
+    source = model_dir() / "assets" / "upper_arm_so101_v1.stl"
+    faces = [decimate_file(source, tmp_path / f"{i}.stl") for i in range(2)]
+    assert (tmp_path / "0.stl").read_bytes() == (tmp_path / "1.stl").read_bytes()
+    before, after = faces[0]
+    assert after < before / 3
+    stock, reduced = read_stl(source).reshape(-1, 3), read_stl(tmp_path / "0.stl").reshape(-1, 3)
+    assert np.abs(stock.min(0) - reduced.min(0)).max() < 0.002
+    assert np.abs(stock.max(0) - reduced.max(0)).max() < 0.002
+
+
+def test_model_cache_refuses_a_wheel_or_file_that_is_not_the_pinned_one(tmp_path):
+    fake = tmp_path / WHEEL
+    fake.write_bytes(b"not the wheel")
+    with pytest.raises(UserError, match="is not the pinned"):
+        ensure_model(tmp_path / "a", wheel=fake)
+    assert not model_dir(tmp_path / "a").exists()
+    copy = model_dir(tmp_path / "b")
+    shutil.copytree(model_dir(), copy)
+    (copy / "so101.xml").write_text((copy / "so101.xml").read_text().replace("998.22", "9982.2"))
+    with pytest.raises(UserError, match="so101.xml: missing or not the pinned file"):
+        ensure_model(tmp_path / "b")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--scene", "kitchen"], "unknown scene"),
+        (["--ids", "1,2,3"], "give six --ids"),
+    ],
+)
+def test_bad_physics_arguments_exit_2_naming_the_value(argv, message, tmp_path):
+    cmd = [sys.executable, "-m", "rynn_edge.runtime.sim", "--physics", "--link", str(tmp_path / "tty"), *argv]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "tty").exists()
+
+
+def test_a_sim_camera_without_a_twin_is_refused_naming_the_path(tmp_path):
+    with pytest.raises(UserError, match=r"no rendered view at .*tty.frames/front.rgb"):
+        Camera("front", f"sim:{tmp_path / 'tty'}")
