@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 from scservo_sdk import COMM_SUCCESS, GroupSyncRead, GroupSyncWrite, PacketHandler
 from sdk_port import Port
 
@@ -26,21 +27,20 @@ from rynn_edge.runtime.robot.calibration import save_calibration
 from rynn_edge.runtime.robot.cameras import Camera
 from rynn_edge.runtime.sim import control_table as ct
 from rynn_edge.runtime.sim import launch
+from rynn_edge.runtime.sim.mesh_decimate import decimate_file, read_stl
+from rynn_edge.runtime.sim.model_cache import WHEEL, ensure_model, model_dir
+from rynn_edge.runtime.sim.physics import PhysicsServo, Twin, import_mujoco
+from rynn_edge.runtime.sim.render import renderer
+from rynn_edge.runtime.sim.scene import build_scene
+from rynn_edge.runtime.sim.video import write_gif
 
-try:
-    from rynn_edge.runtime.sim.mesh_decimate import decimate_file, read_stl
-    from rynn_edge.runtime.sim.model_cache import WHEEL, ensure_model, model_dir
-    from rynn_edge.runtime.sim.physics import PhysicsServo, Twin, import_mujoco
-    from rynn_edge.runtime.sim.render import renderer
-    from rynn_edge.runtime.sim.scene import build_scene
-
-    import_mujoco()
-    SCENE = build_scene("table")
-    _twin = Twin(SCENE, 0.0)
-    _probe = renderer(_twin.mujoco, _twin.model, 24, 32)
-    _probe.close()
-except UserError as err:  # mujoco or its GL libraries are not installable here
+try:  # skip only where MuJoCo or headless GL is missing; anything else (the model download) fails
+    _mujoco = import_mujoco()
+    _empty = _mujoco.MjModel.from_xml_string("<mujoco><worldbody/></mujoco>")
+    renderer(_mujoco, _empty, 24, 32).close()
+except UserError as err:
     pytest.skip(f"physics twin unavailable: {err}", allow_module_level=True)
+SCENE = build_scene("table")
 
 STEP_RAD = 0.5
 STEP_TICKS = round(STEP_RAD * 4096 / (2 * math.pi))
@@ -319,3 +319,37 @@ def test_bad_physics_arguments_exit_2_naming_the_value(argv, message, tmp_path):
 def test_a_sim_camera_without_a_twin_is_refused_naming_the_path(tmp_path):
     with pytest.raises(UserError, match=r"no rendered view at .*tty.frames/front.rgb"):
         Camera("front", f"sim:{tmp_path / 'tty'}")
+
+
+def test_twin_clock_follows_the_realtime_factor_and_slips_only_after_long_stalls():
+    twin = Twin(SCENE, 10.0, realtime_factor=2.0)
+    twin.advance(10.5)
+    assert abs(twin.data.time - 1.0) <= twin.dt
+    twin.advance(10.8)  # a 0.3 s stall: caught up
+    assert abs(twin.data.time - 1.6) <= twin.dt
+    twin.advance(12.0)  # a 1.2 s stall: beyond MAX_LAG_S, the backlog is dropped
+    assert twin.data.time < 1.7
+    stats = twin.stats(12.0)
+    assert stats["max_lag_ms"] >= 1200 - 5 and stats["realtime_factor"] < 1.0
+
+
+def test_gif_marks_goal_present_and_chunk_switches(tmp_path):
+    frames = [(t * 100, np.full((240, 320, 3), 60 + 20 * t, np.uint8)) for t in range(1, 5)]
+    steps = [
+        {"deadline_ns": t * 100 - 50, "chunk_id": chunk, "goal_raw": [2048] * 6, "present_raw": [1024] * 6}
+        for t, chunk in zip(range(1, 5), (0, 0, 1, 1), strict=True)
+    ]
+    gif = tmp_path / "front.gif"
+    assert write_gif(frames, steps, gif) == 4
+    with Image.open(gif) as im:
+        pictures = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            pictures.append(np.asarray(im.convert("RGB")).astype(int))
+    assert len(pictures) == 4 and pictures[0].shape == (240, 320 + 170, 3)
+    border = [bool((np.abs(p[120, 1] - (230, 40, 40)) < 30).all()) for p in pictures]
+    assert border == [False, False, True, False]  # the frame where chunk 1 takes over
+    # goal (blue tick) at 2048 and present (white dot) at 1024 on the first joint's bar
+    row, left, right = 240 // 7, 320 + 44, 320 + 170 - 8
+    assert (pictures[0][row, left + (right - left) // 2] == (80, 160, 255)).all()
+    assert (pictures[0][row, round(left + (right - left) * 1024 / 4095)] > 240).all()
