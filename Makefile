@@ -15,9 +15,9 @@ $(VENV)/.installed: pyproject.toml setup.py $(wildcard kernels/csrc/*.c kernels/
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev,onnx,export,trt-check,camera,plot,sdk,serve,physics]"
-	@dpkg -s $(GL_LIBS) >/dev/null 2>&1 || { $(SUDO) apt-get install -y -qq $(GL_LIBS) >/dev/null 2>&1 \
-	  || echo "note: could not install $(GL_LIBS) (the physics twin's headless cameras): install them" \
-	     "(or libosmesa6 and set MUJOCO_GL=osmesa)"; }
+	@dpkg -s $(GL_LIBS) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(GL_LIBS); } \
+	  >/dev/null 2>&1 || echo "note: could not install $(GL_LIBS) (the physics twin's headless cameras): install them" \
+	     "(or libosmesa6 and set MUJOCO_GL=osmesa)"
 	$(PY) -m rynn_edge.runtime.sim.scene
 	touch $@
 

@@ -238,7 +238,7 @@ def test_run_drives_the_twin_through_its_rendered_cameras(so100_bundle, tmp_path
     link = tmp_path / "ttySO100"
     with launch(link=link, physics=()) as sim:  # the cameras open before the run loads its model
         cameras = (f"front=sim:{link}", f"wrist=sim:{link}")
-        run = Run(run_command(so100_bundle, tmp_path, link, cameras, duration=3.0))
+        run = Run(run_command(so100_bundle, tmp_path, link, cameras, duration=2.0))
         try:
             summary, servos = run.finish(sim)
         finally:
