@@ -48,7 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fault", action="append", default=[], metavar="SPEC", help="inject a fault (see below)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random fault schedule (default 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random fault schedule and, with --physics, of the cube's place (default 0)",
+    )
     parser.add_argument(
         "--initial-positions",
         type=NumberList(float, 0, 4095),

@@ -37,6 +37,10 @@ CENTRE = 2048
 MAX_LAG_S = 0.5
 MOVING_SPEED = 20.0  # step/s: below this the moving flag is clear (holding against gravity is < 1 step)
 CUBE_JITTER_M = 0.02  # --seed moves the cube by up to this much on the table
+GL_LIBRARIES = (
+    "headless rendering needs EGL: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri; "
+    "or OSMesa: apt-get install libosmesa6 and set MUJOCO_GL=osmesa"
+)
 
 
 def import_mujoco():
@@ -46,9 +50,16 @@ def import_mujoco():
         os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
     try:
         import mujoco
-    except ImportError:
-        raise UserError("the physics twin needs MuJoCo: pip install 'rynn-edge[physics]'") from None
-    return mujoco
+    except ImportError as err:
+        if err.name == "mujoco":
+            raise UserError("the physics twin needs MuJoCo: pip install 'rynn-edge[physics]'") from None
+        failure: Exception = err
+    except (AttributeError, OSError) as err:  # PyOpenGL finds no library of the platform
+        failure = err
+    else:
+        return mujoco
+    platform = os.environ["MUJOCO_GL"]
+    raise UserError(f"MuJoCo cannot load its GL platform {platform} ({failure}); {GL_LIBRARIES}")
 
 
 def ticks(rad: float) -> float:

@@ -22,15 +22,11 @@ from pathlib import Path
 
 from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.sim.frames import SlotReader, SlotWriter
-from rynn_edge.runtime.sim.physics import Twin, import_mujoco
+from rynn_edge.runtime.sim.physics import GL_LIBRARIES, Twin, import_mujoco
 from rynn_edge.runtime.sim.scene import CAMERA_SIZE
 
 # camera name on the run's side -> camera in the scene
 CAMERAS = {"front": "front", "wrist": "wrist_cam"}
-GL_LIBRARIES = (
-    "EGL: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri; "
-    "or OSMesa: apt-get install libosmesa6 and set MUJOCO_GL=osmesa"
-)
 POSE = "pose.f64"
 START_TIMEOUT_S = 30.0
 
