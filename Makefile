@@ -5,13 +5,20 @@ PY     := $(VENV)/bin/python
 # Empty: tools/setup_env.py decides (NVIDIA's torch where one is installed, else PyPI's CPU build
 # torch==2.13.0: a looser requirement would pull the multi-GB CUDA build). TORCH=... overrides it.
 TORCH  ?=
-EXTRAS ?= dev,onnx,export,trt-check,camera,plot,sdk,serve
+EXTRAS ?= dev,onnx,export,trt-check,camera,plot,sdk,serve,physics
+# EGL for the physics twin's cameras (sim --physics); installed where apt is usable, else a note.
+GL_LIBS := libegl1 libegl-mesa0 libgl1-mesa-dri
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo -n)
 
 .PHONY: setup demo test lint fuzz ctest lint-docker compile-py310 demo-py310
 
 # Detects a Jetson / a desktop GPU / a CPU machine, prints what it chose and why, makes the venv.
 $(VENV)/.installed: pyproject.toml setup.py tools/setup_env.py $(wildcard kernels/csrc/*.c kernels/csrc/*.h)
 	$(PYTHON) tools/setup_env.py --python $(PYTHON) --venv $(VENV) --torch "$(TORCH)" --extras "$(EXTRAS)"
+	@dpkg -s $(GL_LIBS) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(GL_LIBS); } \
+	  >/dev/null 2>&1 || echo "note: could not install $(GL_LIBS) (the physics twin's headless cameras): install them" \
+	     "(or libosmesa6 and set MUJOCO_GL=osmesa)"
+	$(PY) -m rynn_edge.runtime.sim.scene
 	touch $@
 
 setup: $(VENV)/.installed

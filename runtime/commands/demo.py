@@ -3,6 +3,10 @@
 A tiny random checkpoint (made once, cached), the bus simulator on a pseudo-terminal, a calibration
 for the simulated arm and two synthetic cameras, driven by the same code as `rynn-edge run`.
 The tiny model is untrained: the arm moves, but not toward anything.
+
+`--physics`: the MuJoCo twin instead (`rynn-edge sim --physics`): gravity, contact and the cameras
+rendered from the same scene, async re-planning with the latency-aware K after a warm-up, and a GIF of
+the front view (goal / present per joint, chunk switches marked) beside the episode plot.
 """
 
 from __future__ import annotations
@@ -43,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="simulator fault (see `rynn-edge sim -h`)",
     )
     parser.add_argument("--json", action="store_true", help="print the end-of-run summary as one JSON object")
+    parser.add_argument(
+        "--physics",
+        action="store_true",
+        help="drive the MuJoCo twin with rendered cameras (pip install 'rynn-edge[physics]'); writes "
+        "WORKDIR/front.gif and WORKDIR/episode.png; the chunk policy defaults to async",
+    )
+    parser.set_defaults(chunk_policy=None)  # full, or async with --physics
 
 
 def tiny_bundle(workdir: Path) -> dict[str, Path]:
@@ -73,10 +84,13 @@ def run(args: argparse.Namespace) -> int:
     episode_log.unlink(missing_ok=True)  # the demo keeps only its latest episode
     # Real servos answer in hardware; a simulator starved of CPU by inference on a small machine would
     # show reply timeouts that a real arm never has, so it runs SCHED_FIFO where the system allows it.
-    with launch(faults=args.fault, rt_priority=SIM_PRIORITY) as port:
+    args.chunk_policy = args.chunk_policy or ("async" if args.physics else "full")
+    physics = () if args.physics else None
+    with launch(faults=args.fault, rt_priority=SIM_PRIORITY, physics=physics) as port:
+        source = f"sim:{port}" if args.physics else "synthetic"
         print(
-            f"demo: simulated SO100 on {port} (simulator scheduling: {port.sched}); synthetic cameras "
-            f"front, wrist; {args.duration:g} s",
+            f"demo: simulated SO100 on {port} ({'physics twin, ' if args.physics else ''}simulator "
+            f"scheduling: {port.sched}); {source} cameras front, wrist; {args.duration:g} s",
             flush=True,
         )
         cfg = control.RunConfig(
@@ -85,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             vq=str(bundle["vq"]),
             port=str(port),
             calibration=str(calibration),
-            cameras=[("front", "synthetic"), ("wrist", "synthetic")],
+            cameras=[("front", source), ("wrist", source)],
             instruction=args.instruction,
             **chunk_options(args),
             loop_rate_hz=args.loop_rate,
@@ -93,6 +107,40 @@ def run(args: argparse.Namespace) -> int:
             episode_log=str(episode_log),
             bus_label="simulated bus",
         )
+        recorder = _front_recorder(port) if args.physics else None
         outcome = control.run(cfg)
+        if args.physics:
+            outcome.summary["twin"] = port.state()["twin"]
+    if recorder is not None:
+        recorder.close()
+        outcome.summary["outputs"] = _physics_outputs(recorder, episode_log, workdir)
     print_outcome(outcome.summary, args.json)
     return outcome.reason.code
+
+
+def _front_recorder(port: str):
+    from rynn_edge.runtime.sim.frames import frames_dir
+    from rynn_edge.runtime.sim.video import FrameRecorder
+
+    return FrameRecorder(frames_dir(port) / "front.rgb")
+
+
+def _physics_outputs(recorder, episode_log: Path, workdir: Path) -> dict[str, str]:
+    """The front-view GIF and the episode plot, side by side in the work folder."""
+    from rynn_edge.runtime.bench.figures import save_figure
+    from rynn_edge.runtime.robot.episode_log import read_episode
+    from rynn_edge.runtime.robot.episode_metrics import load_trace
+    from rynn_edge.runtime.robot.plot import draw
+    from rynn_edge.runtime.sim.video import write_gif
+
+    outputs = {}
+    gif = workdir / "front.gif"
+    steps = [r for r in read_episode(episode_log) if r.get("kind") == "step"]
+    if write_gif(recorder.frames, steps, gif):
+        outputs["video"] = str(gif)
+    trace = load_trace(episode_log)
+    if trace.steps.n:
+        png = workdir / "episode.png"
+        save_figure(draw(trace, title="rynn-edge demo --physics"), png)
+        outputs["plot"] = str(png)
+    return outputs

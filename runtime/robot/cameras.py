@@ -7,6 +7,8 @@ SOURCE forms (`--camera NAME=SOURCE`):
   clip.mp4            a video file, played at its own frame rate and looped (dry runs)
   synthetic           a deterministic moving pattern at 30 fps, no hardware
   synthetic:SECONDS   the same, but the camera goes dead after SECONDS (to rehearse a lost camera)
+  sim, sim:PORT       the view of the same name rendered by the physics twin (`rynn-edge sim --physics`)
+                      serving PORT (default the simulator's default link), read from shared memory
 
 Resizing to the model's input is the policy's job (the core's images module), not done here.
 """
@@ -22,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from rynn_edge.runtime.errors import UserError
+from rynn_edge.runtime.sim.cli import DEFAULT_LINK
+from rynn_edge.runtime.sim.frames import SlotReader, frames_dir
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
 
@@ -55,6 +59,7 @@ class Camera:
         self.source = source
         self.fps = fps
         self.error: str | None = None
+        self.render_s: list[float] = []  # sim: the twin's render time of each frame read
         self._frame: Frame | None = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -66,6 +71,10 @@ class Camera:
         kind, _, arg = self.source.partition(":")
         self._dead_after_s: float | None = None
         self._cap = None
+        self._shared: SlotReader | None = None
+        if kind == "sim":
+            self._shared = _sim_frames(self.name, arg or DEFAULT_LINK)
+            return
         if kind == "synthetic":
             self._dead_after_s = _synthetic_seconds(self.name, self.source)
             return
@@ -86,7 +95,9 @@ class Camera:
 
     def _run(self) -> None:
         try:
-            if self._cap is None:
+            if self._shared is not None:
+                self._run_sim()
+            elif self._cap is None:
                 self._run_synthetic()
             else:
                 self._run_opencv()
@@ -95,6 +106,8 @@ class Camera:
         finally:
             if self._cap is not None:
                 self._cap.release()
+            if self._shared is not None:
+                self._shared.close()
             with self._cond:
                 self._cond.notify_all()
 
@@ -114,6 +127,16 @@ class Camera:
             self._publish(synthetic_frame(seq, seed=seed), seq)
             seq += 1
             self._stop.wait(max(0.0, start + seq / self.fps - time.monotonic()))
+
+    def _run_sim(self) -> None:
+        """Poll the twin's frame at twice the camera rate and publish each new one."""
+        last = -1
+        while not self._stop.wait(1.0 / self.fps / 2):
+            frame = self._shared.latest()
+            if frame is not None and frame.seq != last:
+                last = frame.seq
+                self.render_s.append(frame.cost_s)
+                self._publish(frame.data, frame.seq)
 
     def _run_opencv(self) -> None:
         import cv2
@@ -166,9 +189,10 @@ def parse_camera_specs(specs: list[str]) -> list[tuple[str, str]]:
             raise UserError(f"--camera {spec!r}: expected NAME=SOURCE, e.g. front=0 or wrist=synthetic")
         if name in {n for n, _ in out}:
             raise UserError(f"--camera {name} given twice")
-        if source.partition(":")[0] == "synthetic":
+        kind, _, arg = source.partition(":")
+        if kind == "synthetic":
             _synthetic_seconds(name, source)
-        else:
+        elif kind != "sim":
             _opencv(name)
         out.append((name, source))
     return out
@@ -188,6 +212,17 @@ def _synthetic_seconds(name: str, source: str) -> float | None:
             f"--camera {name}={source}: expected synthetic or synthetic:SECONDS with SECONDS > 0, got {arg!r}"
         )
     return seconds
+
+
+def _sim_frames(name: str, link: str) -> SlotReader:
+    path = frames_dir(link) / f"{name}.rgb"
+    try:
+        return SlotReader(path)
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"camera {name}=sim: no rendered view at {path} ({err}); start `rynn-edge sim --physics "
+            f"--link {link}` first (views: front, wrist)"
+        ) from None
 
 
 def _opencv(name: str):

@@ -37,7 +37,7 @@ from rynn_edge.runtime.robot.chunking import (
 from rynn_edge.runtime.robot.episode_log import EpisodeLog
 from rynn_edge.runtime.robot.episode_metrics import EpisodeTrace, episode_metrics
 from rynn_edge.runtime.robot.policy import Observation, open_policy
-from rynn_edge.runtime.robot.report import ExitReason, RunStats, print_status, summary
+from rynn_edge.runtime.robot.report import ExitReason, RunStats, percentiles, print_status, summary
 
 REST_CHUNK_ID = -2  # chunk id of the move to the rest pose in the episode log
 REST_TOLERANCE_TICKS = 3
@@ -488,7 +488,7 @@ class Supervisor:
         return dict(zip(so100.MOTOR_NAMES.values(), self.loop.status()[key], strict=True))
 
     def summary(self, outcome: Outcome) -> dict[str, Any]:
-        return summary(
+        result = summary(
             outcome.reason.label,
             outcome.reason.code,
             outcome.message,
@@ -501,6 +501,10 @@ class Supervisor:
             episode_log=self.cfg.episode_log,
             metrics=episode_metrics(self.trace),
         )
+        rendered = {cam.name: percentiles(cam.render_s, 1e3) for cam in self.cameras if cam.render_s}
+        if rendered:  # cameras of the physics twin: its render time of each frame the run read
+            result["twin_render_ms"] = rendered
+        return result
 
     # -- entry point ---------------------------------------------------------------------------------
 

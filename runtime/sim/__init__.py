@@ -71,6 +71,7 @@ def command(
     seed: int,
     initial_positions: Iterable[float] | None,
     state_file: str | None,
+    physics: tuple[str, ...] | None = None,
 ) -> list[str]:
     cmd = [
         sys.executable,
@@ -94,6 +95,8 @@ def command(
         cmd += ["--initial-positions", ",".join(map(str, initial_positions))]
     if state_file:
         cmd += ["--state-file", state_file]
+    if physics is not None:
+        cmd += ["--physics", *physics]
     return cmd
 
 
@@ -111,13 +114,15 @@ def launch(
     state_file: str | os.PathLike[str] | None = None,
     ready_timeout: float = 10.0,
     rt_priority: int | None = None,
+    physics: tuple[str, ...] | None = None,
 ) -> Iterator[SimPort]:
     """Run `rynn-edge sim` as a subprocess; yield its port path once it is listening; stop it on exit.
 
     `link=None` publishes the port in a fresh temporary folder (safe for parallel tests). The state
     file (default: next to the link in that folder) backs `SimPort.state()`. `rt_priority` runs the
     simulator SCHED_FIFO (benchmarks: real servos answer in hardware and are never starved of CPU);
-    `SimPort.sched` says whether that was granted.
+    `SimPort.sched` says whether that was granted. `physics` (e.g. `()` or `("--scene", "table")`) runs
+    the physics twin with those extra arguments; its cameras are `--camera NAME=sim:PORT`.
     """
     tmp = tempfile.mkdtemp(prefix="rynn-edge-sim-")
     link = str(link) if link is not None else os.path.join(tmp, "ttySO100")
@@ -132,6 +137,7 @@ def launch(
         seed=seed,
         initial_positions=initial_positions,
         state_file=state_file,
+        physics=physics,
     )
     stderr_path = Path(tmp, "stderr.log")
     with open(stderr_path, "w") as stderr:

@@ -48,7 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fault", action="append", default=[], metavar="SPEC", help="inject a fault (see below)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random fault schedule (default 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random fault schedule and, with --physics, of the cube's place (default 0)",
+    )
     parser.add_argument(
         "--initial-positions",
         type=NumberList(float, 0, 4095),
@@ -56,13 +61,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="P1,P2,...",
         help="present position of each servo at power-on, steps (default 2048 each)",
     )
+    physics = parser.add_argument_group("physics twin (needs pip install 'rynn-edge[physics]')")
+    physics.add_argument(
+        "--physics",
+        action="store_true",
+        help="move the servos with a MuJoCo SO101 (gravity, contact, load) instead of the kinematic model, "
+        "and render its front and wrist cameras (read them with --camera NAME=sim)",
+    )
+    physics.add_argument("--scene", default="table", help="with --physics: the scene (default table)")
+    physics.add_argument(
+        "--realtime-factor",
+        type=Number(float, 0.01, 100.0),
+        default=1.0,
+        metavar="X",
+        help="with --physics: simulated seconds per wall second (default 1)",
+    )
+    physics.add_argument(
+        "--camera-fps",
+        type=Number(float, 0.0, 120.0),
+        default=30.0,
+        help="with --physics: rendering rate in simulated frames/s, 0 = none (default 30)",
+    )
     parser.add_argument("--state-file", help="keep a JSON snapshot of every servo here (atomic rewrites)")
     parser.add_argument("--exit-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
     from rynn_edge.runtime.sim.control_table import BAUD_RATES
-    from rynn_edge.runtime.sim.server import SimConfig, Simulator
+    from rynn_edge.runtime.sim.server import PhysicsOptions, SimConfig, Simulator
 
     if args.baud not in BAUD_RATES.values():
         raise UserError(f"--baud {args.baud} is not an STS3215 rate; one of {sorted(BAUD_RATES.values())}")
@@ -79,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         initial_positions=args.initial_positions,
         state_file=args.state_file,
         exit_on_stdin_eof=args.exit_on_stdin_eof,
+        physics=PhysicsOptions(args.scene, args.realtime_factor, args.camera_fps) if args.physics else None,
     )
     Simulator(config).serve(lambda link: print(f"sim ready: {link}", flush=True))
     return 0

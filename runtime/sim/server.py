@@ -26,6 +26,13 @@ TICK_S = 0.02  # dynamics, timed faults
 STATE_PERIOD_S = 0.1
 
 
+@dataclass(frozen=True)
+class PhysicsOptions:
+    scene: str = "table"
+    realtime_factor: float = 1.0
+    camera_fps: float = 30.0  # 0: no rendering
+
+
 @dataclass
 class SimConfig:
     link: str
@@ -38,6 +45,7 @@ class SimConfig:
     initial_positions: tuple[float, ...] = ()
     state_file: str | None = None
     exit_on_stdin_eof: bool = False  # set by launch(): the simulator dies with the process that started it
+    physics: PhysicsOptions | None = None  # None: the kinematic servo model
 
 
 @dataclass(order=True)
@@ -80,7 +88,13 @@ class Simulator:
         if len(positions) != len(config.ids):
             raise UserError(f"--initial-positions has {len(positions)} values for {len(config.ids)} ids")
         baud_index = next(k for k, v in ct.BAUD_RATES.items() if v == config.baud)
-        servos = (Servo(i, pos, self.t0, baud_index) for i, pos in zip(config.ids, positions, strict=True))
+        self.twin = self.cameras = None
+        if config.physics is None:
+            pairs = zip(config.ids, positions, strict=True)
+            servos = [Servo(i, pos, self.t0, baud_index) for i, pos in pairs]
+        else:
+            servos = self._physics_servos(config.physics, positions, baud_index)
+        self.tick_s = TICK_S if self.twin is None else self.twin.dt
         self.faults = FaultPlan(config.faults, config.seed)
         models = self.faults.models()
         self.bus = Bus((s.with_model(models[s.id]) if s.id in models else s for s in servos), config.baud)
@@ -91,6 +105,20 @@ class Simulator:
         self.seq = 0
         self.requests = 0
         self.state_seq = 0
+
+    def _physics_servos(self, options: PhysicsOptions, positions: list[float], baud: int) -> list[Servo]:
+        from rynn_edge.runtime.sim.physics import JOINTS, PhysicsServo, Twin
+        from rynn_edge.runtime.sim.scene import build_scene
+
+        if len(self.config.ids) != len(JOINTS):
+            raise UserError(f"--physics drives the joints {', '.join(JOINTS)}: give six --ids, in that order")
+        self.scene_xml = build_scene(options.scene)
+        twin = Twin(self.scene_xml, self.t0, realtime_factor=options.realtime_factor, seed=self.config.seed)
+        self.twin = twin
+        return [
+            PhysicsServo(twin, joint, i, pos, self.t0, baud)
+            for joint, (i, pos) in enumerate(zip(self.config.ids, positions, strict=True))
+        ]
 
     def _elapsed(self, now: float) -> float:
         return now - self.t0
@@ -138,13 +166,16 @@ class Simulator:
         self.tick(now)
         self.state_seq += 1
         muted = self.faults.muted(self._elapsed(now))
-        return {
+        state = {
             "seq": self.state_seq,
             "time": round(self._elapsed(now), 4),
             "requests": self.requests,
             "bad_packets": self.parser.bad_packets,
             "servos": [{**s.snapshot(), "silent": s.id in muted} for s in self.bus.servos],
         }
+        if self.twin is not None:
+            state["twin"] = {**self.twin.stats(now), **(self.cameras.stats() if self.cameras else {})}
+        return state
 
     def write_state(self, now: float) -> None:
         path = self.config.state_file
@@ -171,10 +202,12 @@ class Simulator:
         previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_dump)
         old_wakeup = signal.set_wakeup_fd(wake_w)
         try:
-            with _pty_link(self.config.link) as master:
+            with self._camera_rig(), _pty_link(self.config.link) as master:  # link last: all is live
                 self.t0 = time.monotonic()
                 for servo in self.bus.servos:
                     servo.last = self.t0
+                if self.twin is not None:
+                    self.twin.start(self.t0)
                 self.write_state(self.t0)
                 ready(self.config.link)
                 self._loop(master, wake_r, flags)
@@ -185,6 +218,23 @@ class Simulator:
                 signal.signal(signum, handler)
             os.close(wake_r)
             os.close(wake_w)
+
+    @contextlib.contextmanager
+    def _camera_rig(self) -> Iterator[None]:
+        """The twin's rendered cameras, published beside the link while the bus is live."""
+        options = self.config.physics
+        if self.twin is None or options is None or options.camera_fps <= 0:
+            yield
+            return
+        from rynn_edge.runtime.sim.frames import frames_dir
+        from rynn_edge.runtime.sim.render import RenderProcess
+
+        folder = frames_dir(self.config.link)
+        self.cameras = RenderProcess(self.twin, self.scene_xml, folder, options.camera_fps)
+        try:  # its first frames are there before the ready line
+            yield
+        finally:
+            self.cameras.close()
 
     def _loop(self, master: int, wake_r: int, flags: dict[str, bool]) -> None:
         next_tick = next_state = time.monotonic()
@@ -207,7 +257,7 @@ class Simulator:
                     os.write(master, heapq.heappop(self.out).data)
             if now >= next_tick:
                 self.tick(now)
-                next_tick = now + TICK_S
+                next_tick = now + self.tick_s
             if flags["dump"] or now >= next_state:
                 flags["dump"] = False
                 self.write_state(now)

@@ -176,8 +176,7 @@ class Servo:
         dt, self.last = now - self.last, now
         if dt <= 0:
             return
-        load = abs(self._load()) / 1000.0
-        self.temperature += (AMBIENT_C + 40.0 * load - self.temperature) * min(1.0, dt / THERMAL_TAU_S)
+        self._heat(dt)
         if not self.torque_on:
             self.vel = self.acc = 0.0
             return
@@ -188,6 +187,10 @@ class Servo:
         steps = max(1, math.ceil(dt / MAX_SUBSTEP_S))
         for _ in range(steps):
             self._substep(dt / steps, mode)
+
+    def _heat(self, dt: float) -> None:
+        load = abs(self._load()) / 1000.0
+        self.temperature += (AMBIENT_C + 40.0 * load - self.temperature) * min(1.0, dt / THERMAL_TAU_S)
 
     def _limits(self) -> tuple[float, float]:
         speed = abs(self.get(ct.GOAL_VELOCITY))
