@@ -1,24 +1,28 @@
-"""Regenerate benchmarks/results/README.md and the `<!-- bench:begin -->` ... `<!-- bench:end -->` block of
-the top-level README.md from the recorded result files. Numbers are never typed by hand: rerun this
-after a run.
+"""Regenerate benchmarks/results/README.md and the generated tables of the docs/ pages (each
+`<!-- X:begin -->` ... `<!-- X:end -->` block, in the page listed in PAGES) from the recorded result files.
+Numbers are never typed by hand: rerun this after a run.
 
-    python benchmarks/make_readme_table.py           # rewrite both
-    python benchmarks/make_readme_table.py --check   # exit 1 if either is stale (CI / tests)
+    python benchmarks/make_readme_table.py           # rewrite what is stale
+    python benchmarks/make_readme_table.py --check   # exit 1 if anything is stale (CI / tests)
+
+A page without its block's two markers is refused (exit 2), naming the page and the markers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from runs import RESULTS
 
 ROOT = RESULTS.parent.parent
-README = ROOT / "README.md"
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+DOCS = ROOT / "docs"
+RESULTS_FROM_DOCS = Path(os.path.relpath(RESULTS, DOCS)).as_posix()
 GPU_SWEEP = (
     "python benchmarks/bench_chunk_length.py gpu_7b_random --model CKPT --tokenizer TOK --vq VQ "
     "--backend cuda --device cuda --precision bf16 --runs 20 --warmup 3"
@@ -225,7 +229,10 @@ def results_readme() -> str:
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def readme_block() -> str:
+BENCH_BEGIN, BENCH_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def bench_block() -> str:
     runs = load("bench")
     body = ["No recorded `rynn-edge bench` run yet."]
     if runs:
@@ -233,11 +240,10 @@ def readme_block() -> str:
         body = [
             "The latest recorded Hz-vs-chunk-length run "
             "(all runs, profiles and the Jetson roofline: "
-            "[benchmarks/results](benchmarks/results/README.md)):",
-            bench_section(name, result, f"benchmarks/results/{name}/bench.png"),
+            f"[benchmarks/results]({RESULTS_FROM_DOCS}/README.md)):",
+            bench_section(name, result, f"{RESULTS_FROM_DOCS}/{name}/bench.png"),
         ]
-    section = loop_sections().replace("### ", "#### ")
-    return "\n\n".join([BEGIN, *body, section, END])
+    return "\n\n".join([BENCH_BEGIN, *body, loop_sections(), BENCH_END])
 
 
 PRECISION_BEGIN, PRECISION_END = "<!-- precision:begin -->", "<!-- precision:end -->"
@@ -426,32 +432,47 @@ def serving_block() -> str:
     return "\n\n".join([SERVING_BEGIN, note, table(rows, columns), SERVING_END])
 
 
-GENERATED_BLOCKS = (
-    (PRECISION_BEGIN, PRECISION_END, precision_block),
-    (MEMORY_BEGIN, MEMORY_END, memory_block),
-    (SERVING_BEGIN, SERVING_END, serving_block),
-)
+# The docs/ page that holds each generated block: (begin marker, end marker, the block).
+PAGES: dict[str, tuple[str, str, Callable[[], str]]] = {
+    "export.md": (PRECISION_BEGIN, PRECISION_END, precision_block),
+    "engines-and-memory.md": (MEMORY_BEGIN, MEMORY_END, memory_block),
+    "serving.md": (SERVING_BEGIN, SERVING_END, serving_block),
+    "benchmarks.md": (BENCH_BEGIN, BENCH_END, bench_block),
+}
 
 
-def updated_readme(text: str) -> str:
-    if BEGIN not in text:
-        text = text.rstrip("\n") + f"\n\n## Benchmarks\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    text = head + readme_block() + rest.split(END, 1)[1]
-    for begin, end, block in GENERATED_BLOCKS:
-        if begin in text:
-            head, rest = text.split(begin, 1)
-            text = head + block() + rest.split(end, 1)[1]
-    return text
+def updated_page(text: str, begin: str, end: str, block: Callable[[], str]) -> str:
+    head, rest = text.split(begin, 1)
+    return head + block() + rest.split(end, 1)[1]
+
+
+def pages_without_markers() -> list[str]:
+    missing = []
+    for name, (begin, end, _) in PAGES.items():
+        page = DOCS / name
+        text = page.read_text() if page.is_file() else ""
+        if begin not in text or end not in text.split(begin, 1)[-1]:
+            missing.append(
+                f"{os.path.relpath(page, ROOT)} has no {begin} ... {end} block: "
+                "put both markers where the table belongs"
+            )
+    return missing
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--check", action="store_true", help="exit 1 if a README is stale, write nothing")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a page is stale, write nothing")
     args = parser.parse_args()
-    targets = {RESULTS / "README.md": results_readme(), README: updated_readme(README.read_text())}
+    missing = pages_without_markers()
+    if missing:
+        print("\n".join(missing), file=sys.stderr)
+        return 2
+    targets = {RESULTS / "README.md": results_readme()}
+    for name, (begin, end, block) in PAGES.items():
+        page = DOCS / name
+        targets[page] = updated_page(page.read_text(), begin, end, block)
     stale = [p for p, text in targets.items() if not p.is_file() or p.read_text() != text]
     if args.check:
         for path in stale:

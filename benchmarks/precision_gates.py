@@ -1,7 +1,7 @@
 """Record the accuracy gate of every precision on the outlier stress checkpoint
 (`make-tiny-checkpoint --outliers --layers 3`, five recorded-style queries: three calibrate, two are held
-out), plain and outlier-safe, into benchmarks/results/precision_outliers/precision.json. The README's
-precision table is generated from that file by make_readme_table.py.
+out), plain and outlier-safe, into benchmarks/results/precision_outliers/precision.json. The precision
+table of docs/export.md is generated from that file by make_readme_table.py.
 
     python benchmarks/precision_gates.py && python benchmarks/make_readme_table.py
 """

@@ -1,5 +1,6 @@
-"""The committed benchmark READMEs are exactly what benchmarks/make_readme_table.py generates from the
-recorded result files, and every recorded run is in them (the numbers cannot drift or be typed by hand)."""
+"""The committed benchmark README and the generated tables of the docs/ pages are exactly what
+benchmarks/make_readme_table.py generates from the recorded result files, and every recorded run is in them
+(the numbers cannot drift or be typed by hand)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+DOCS = ROOT / "docs"
+
+
+def block(page: str, name: str) -> str:
+    return (DOCS / page).read_text().split(f"<!-- {name}:begin -->")[1].split(f"<!-- {name}:end -->")[0]
 
 
 def test_readmes_are_regenerated_from_the_results():
@@ -27,8 +33,11 @@ def test_readmes_are_regenerated_from_the_results():
     for path in runs:
         assert f"**{path.parent.name}**" in listing
         assert (path.parent / path.name.replace(".json", ".png")).is_file()
-    block = (ROOT / "README.md").read_text().split("<!-- bench:begin -->")[1].split("<!-- bench:end -->")[0]
-    assert "| mode | T |" in block and "bench.png)" in block and "Control-loop jitter" in block
+    bench = block("benchmarks.md", "bench")
+    assert "| mode | T |" in bench and "Control-loop jitter" in bench
+    assert "](../benchmarks/results/README.md)" in bench and "bench.png)" in bench
+    assert "| precision | method |" in block("export.md", "precision")
+    assert "| path | p50 ms |" in block("serving.md", "serving")
 
 
 def test_memory_tables_are_generated_from_the_recorded_file(tmp_path, monkeypatch):
@@ -36,9 +45,9 @@ def test_memory_tables_are_generated_from_the_recorded_file(tmp_path, monkeypatc
     import make_readme_table
 
     recorded = json.loads((RESULTS / "memory" / "memory.json").read_text())
-    block = (ROOT / "README.md").read_text().split("<!-- memory:begin -->")[1].split("<!-- memory:end -->")[0]
-    assert "| precision, robot (prompt) |" in block and "Orin Nano 8 GB" in block
-    assert recorded["runtime"]["rows"][0]["Orin Nano 8 GB"] in block
+    memory = block("engines-and-memory.md", "memory")
+    assert "| precision, robot (prompt) |" in memory and "Orin Nano 8 GB" in memory
+    assert recorded["runtime"]["rows"][0]["Orin Nano 8 GB"] in memory
     assert "## Memory" in (RESULTS / "README.md").read_text()
 
     recorded["runtime"]["rows"][0]["Orin Nano 8 GB"] = "fits (0.123 GiB)"
@@ -48,5 +57,23 @@ def test_memory_tables_are_generated_from_the_recorded_file(tmp_path, monkeypatc
     (tmp_path / "memory" / "memory.json").write_text(json.dumps(recorded))
     monkeypatch.setattr(make_readme_table, "RESULTS", tmp_path)
     changed = make_readme_table.memory_block()
-    assert "fits (0.123 GiB)" in changed and "fits (0.123 GiB)" not in block
+    assert "fits (0.123 GiB)" in changed and "fits (0.123 GiB)" not in memory
     assert "98.77" in make_readme_table.memory_section(make_readme_table.memory_result(), full=True)
+
+
+def test_a_page_without_its_markers_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import make_readme_table
+
+    for name in make_readme_table.PAGES:
+        (tmp_path / name).write_text((DOCS / name).read_text())
+    stale = "# Export\n\n<!-- precision:begin -->\n<!-- precision:end -->\n"
+    (tmp_path / "export.md").write_text(stale)
+    (tmp_path / "serving.md").write_text("# Serving\n\n<!-- serving:end -->\n<!-- serving:begin -->\n")
+    monkeypatch.setattr(make_readme_table, "DOCS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["make_readme_table.py"])
+    assert make_readme_table.main() == 2
+    refusal = capsys.readouterr().err
+    assert "serving.md has no <!-- serving:begin --> ... <!-- serving:end --> block" in refusal
+    assert (tmp_path / "export.md").read_text() == stale  # nothing written
+    assert make_readme_table.updated_page(stale, *make_readme_table.PAGES["export.md"]) != stale

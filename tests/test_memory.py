@@ -1,4 +1,5 @@
-"""The memory formulas and the per-layer extrapolation behind the README's memory tables."""
+"""The memory formulas and the per-layer extrapolation behind the memory tables of
+docs/engines-and-memory.md."""
 
 from __future__ import annotations
 

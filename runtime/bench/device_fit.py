@@ -135,6 +135,6 @@ def memory_row(artifact: Artifact, device: Device, meminfo: str = "/proc/meminfo
         check,
         FAIL,
         found,
-        "export at a smaller precision (--precision int4), or close other GPU processes; see the README's "
-        "Memory table for what fits which Jetson",
+        "export at a smaller precision (--precision int4), or close other GPU processes; see the Memory "
+        "tables of docs/engines-and-memory.md for what fits which Jetson",
     )
