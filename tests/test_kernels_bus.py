@@ -238,9 +238,9 @@ def test_bus_close_is_refused_while_a_loop_starts() -> None:
 
 
 def test_a_late_echo_of_an_action_is_never_a_reply() -> None:
-    """ACTION(2) is FF FF 02 02 05 F6, the shape of a data-less status of servo 2 with ERR 5. Behind an adapter
-    proven to echo, its copy arriving after FE_ECHO_HISTORY distinct requests (a backed-up adapter) is not
-    servo 2's answer to a WRITE: the servo is silent, so the write times out."""
+    """ACTION(2) is FF FF 02 02 05 F6, the shape of a data-less status of servo 2 with ERR 5. Behind an
+    adapter proven to echo, its copy arriving after FE_ECHO_HISTORY distinct requests (a backed-up adapter)
+    is not servo 2's answer to a WRITE: the servo is silent, so the write times out."""
     action = bytes.fromhex("ffff020205f6")
     assert action == status(2, 0x05)  # byte for byte a status packet
     servos = Servos({1: 2048})
