@@ -40,11 +40,11 @@ def test_records_round_trip_with_numpy_values(tmp_path):
     path = tmp_path / "ep.jsonl"
     with EpisodeLog(path) as log:
         log.write("start", rate=30.0, ids=[1, 2, 3])
-        log.write("step", t_ns=np.int64(5), state=np.array([1.5, -2.0]), chunk_id=np.int32(3))
+        log.write("query", t_ns=np.int64(5), state=np.array([1.5, -2.0]), chunk_id=np.int32(3))
     records = read_episode(path)
     assert records == [
         {"kind": "start", "rate": 30.0, "ids": [1, 2, 3]},
-        {"kind": "step", "t_ns": 5, "state": [1.5, -2.0], "chunk_id": 3},
+        {"kind": "query", "t_ns": 5, "state": [1.5, -2.0], "chunk_id": 3},
     ]
 
 
@@ -109,9 +109,9 @@ def test_plain_logs_of_earlier_versions_still_read(tmp_path):
         read_episode(path)
 
 
-def test_steps_keep_their_units_without_storing_them(tmp_path):
+def test_records_are_stored_compact_and_steps_keep_their_units(tmp_path):
     """With the calibration in the start record, a step's state and goal are not written but read back
-    equal to the values the run computed from the same raw ticks."""
+    equal to the values the run computed from the same raw ticks; nor is its drain time."""
     calib = so100.simulator_calibration()
     joints = JointMap(calib, so100.NORM_MODES)
     config = {"motors": list(so100.MOTORS), "norm_modes": [m.value for m in so100.NORM_MODES.values()]}
@@ -126,12 +126,18 @@ def test_steps_keep_their_units_without_storing_them(tmp_path):
         "goal": joints.to_units(goal),
     }
     path = tmp_path / "ep.jsonl.gz"
+    plan = np.array([[12.345678912, -0.1234564], [1.0, 2.5]])
     with EpisodeLog(path) as log:
         log.write("start", config=config, calibration={n: dataclasses.asdict(c) for n, c in calib.items()})
-        log.write("step", **step)
-    assert b'"state"' not in gzip.decompress(path.read_bytes())
-    read = read_episode(path)[1]
+        log.write("step", t_ns=7, **step)
+        log.write("chunk", t_ns=8, latency_s=0.123456789, plan=plan, plan_raw=np.array([[2048, 4095]]))
+    stored = gzip.decompress(path.read_bytes())
+    assert b'"state"' not in stored and b'"goal"' not in stored and b'"t_ns":7' not in stored
+    _, read, chunk = read_episode(path)
     assert read["state"] == step["state"].tolist() and read["goal"] == step["goal"].tolist()
+    # Chunk arrays to 1e-6 of their unit; scalars (the latency the metrics read) and ticks exact.
+    assert chunk["plan"] == [[12.345679, -0.123456], [1.0, 2.5]] and chunk["plan_raw"] == [[2048, 4095]]
+    assert chunk["latency_s"] == 0.123456789 and chunk["t_ns"] == 8
 
 
 DISK_FULL_WRITER = textwrap.dedent(

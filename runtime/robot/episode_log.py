@@ -12,10 +12,11 @@ Record kinds (field `kind`): `start` (configuration, and the calibration), `step
 cycle: timestamps, raw present and goal ticks, chunk id, held), `query` (an observation sent to the
 policy: its time budget and the K rows left), `chunk` (one inference: observation time, latency,
 goals, the plan), `bus` (cumulative bus timeouts / checksum errors, every ~0.5 s), `end` (exit reason
-and summary). A step's `state` and `goal` in joint units are not stored when the start record carries
-the calibration: readers rebuild them from the raw ticks with the same conversion the run used, so
-they are the very values the run computed. Camera frames, when asked for, go to JPEG files in
-`<log>.frames/`, named in the record of the query that used them.
+and summary). Kept small (benchmarks/episode_log_size.py): a step's `state` and `goal` in joint units
+are not stored when the start record carries the calibration (readers rebuild them from the raw ticks
+with the conversion the run used: the very values it computed), nor its `t_ns` (the time the cycle was
+drained, not when it ran); a chunk's float arrays are rounded to CHUNK_DECIMALS. Camera frames, when
+asked for, go to JPEG files in `<log>.frames/`, named in the record of the query that used them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ COMPRESSION_LEVEL = 6  # level 9 saves ~1% more (benchmarks/episode_log_size.py)
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 DERIVED = {"state": "present_raw", "goal": "goal_raw"}  # step field in units <- its raw ticks
+STEP_DRAIN_TIME = "t_ns"  # when the supervisor drained a cycle (its own times: deadline_ns, read_ns)
+CHUNK_DECIMALS = 6  # chunk float arrays to 1e-6 of their unit (a servo tick is 0.088 deg)
 READ_BLOCK = 1 << 16
 UNZIP_STEP = 1 << 10
 
@@ -49,6 +52,22 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"cannot log {type(value).__name__}")
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        return np.round(value, CHUNK_DECIMALS)
+    return value
+
+
+def compact(kind: str, fields: dict[str, Any], units_rebuilt: bool) -> dict[str, Any]:
+    """What is stored of a record (the module docstring says what is left out and why)."""
+    if kind == "step":
+        left_out = {STEP_DRAIN_TIME, *DERIVED} if units_rebuilt else {STEP_DRAIN_TIME}
+        return {k: v for k, v in fields.items() if k not in left_out}
+    if kind == "chunk":
+        return {k: _rounded(v) for k, v in fields.items()}
+    return fields
 
 
 class EpisodeLog:
@@ -65,7 +84,7 @@ class EpisodeLog:
         self._pending: list[bytes] = []
         self._whole = 0  # bytes on disk that decompress to whole records
         self._failed = False
-        self._derived_dropped = False
+        self._units_rebuilt = False  # the start record carries the calibration
         self._sync_interval_s = sync_interval_s
         self._last_sync = time.monotonic()
         self.records = 0
@@ -74,9 +93,8 @@ class EpisodeLog:
         if self._failed:
             raise OSError(f"episode log {self.path}: an earlier write failed; no more records are taken")
         if kind == "start":
-            self._derived_dropped = "calibration" in fields
-        elif kind == "step" and self._derived_dropped:
-            fields = {k: v for k, v in fields.items() if k not in DERIVED}
+            self._units_rebuilt = "calibration" in fields
+        fields = compact(kind, fields, self._units_rebuilt)
         line = json.dumps({"kind": kind, **fields}, default=_plain, separators=(",", ":"))
         self._pending.append(line.encode() + b"\n")
         self.records += 1
