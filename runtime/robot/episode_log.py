@@ -90,8 +90,6 @@ class EpisodeLog:
         self.records = 0
 
     def write(self, kind: str, **fields: Any) -> None:
-        if self._failed:
-            raise OSError(f"episode log {self.path}: an earlier write failed; no more records are taken")
         if kind == "start":
             self._units_rebuilt = "calibration" in fields
         fields = compact(kind, fields, self._units_rebuilt)
