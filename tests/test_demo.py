@@ -29,7 +29,7 @@ def test_demo_runs_end_to_end_and_caches_its_checkpoint(tmp_path, capsys):
     summary = json.loads(lines[-1])
     assert summary["exit_reason"] == "completed" and summary["torque_off"] == [1, 2, 3, 4, 5, 6]
     assert summary["cycles"] > 50 and summary["chunks_executed"] >= 1
-    log = read_episode(workdir / "episode.jsonl")
+    log = read_episode(workdir / "episode.jsonl.gz")
     assert log[0]["kind"] == "start" and log[-1]["kind"] == "end"
     # A second demo reuses the cached checkpoint instead of writing it again.
     model = workdir / "tiny-so100" / "model"

@@ -11,7 +11,7 @@ import pytest
 
 from rynn_edge.runtime.cli import main
 from rynn_edge.runtime.errors import UserError
-from rynn_edge.runtime.robot.episode_log import EpisodeLog
+from rynn_edge.runtime.robot.episode_log import EpisodeLog, _plain
 from rynn_edge.runtime.robot.episode_metrics import METRIC_KEYS, EpisodeTrace, episode_metrics, load_trace
 from rynn_edge.runtime.robot.plot import MAX_POINTS, draw, envelope, spans
 
@@ -72,7 +72,7 @@ def records() -> list[tuple[str, dict]]:
 
 @pytest.fixture
 def log_path(tmp_path):
-    path = tmp_path / "episode.jsonl"
+    path = tmp_path / "episode.jsonl.gz"
     with EpisodeLog(path) as log:
         for kind, fields in records():
             log.write(kind, **fields)
@@ -167,7 +167,7 @@ def test_plot_command_writes_a_png_and_prints_the_metrics(log_path, tmp_path, ca
     assert f"wrote {out}" in text and "held for want of a chunk: 7.0% of 43 cycles" in text
     assert main(["plot", str(log_path), "--summary", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["figure"] is None and not log_path.with_suffix(".png").exists()
+    assert printed["figure"] is None and not log_path.with_name("episode.png").exists()
     assert {k: printed[k] for k in METRIC_KEYS} == episode_metrics(load_trace(log_path))
 
 
@@ -197,19 +197,40 @@ def test_not_an_episode_log_is_refused_naming_file_and_line(tmp_path, capsys, co
     assert str(path) in err and message in err and "Traceback" not in err
 
 
-def test_damage_inside_is_refused_but_a_torn_last_line_is_read_with_a_note(log_path, capsys):
-    lines = log_path.read_bytes().split(b"\n")
-    torn = log_path.with_name("torn.jsonl")
+def plain_log(path, recs) -> bytes:
+    """The records as the plain JSON Lines of earlier versions (still read); returns the bytes."""
+    data = b"".join(
+        json.dumps({"kind": kind, **fields}, default=_plain, separators=(",", ":")).encode() + b"\n"
+        for kind, fields in recs
+    )
+    path.write_bytes(data)
+    return data
+
+
+def test_damage_inside_is_refused_but_a_torn_last_line_is_read_with_a_note(tmp_path, capsys):
+    lines = plain_log(tmp_path / "episode.jsonl", records()).split(b"\n")
+    torn = tmp_path / "torn.jsonl"
     torn.write_bytes(b"\n".join(lines[:-2]) + b"\n" + lines[-2][:9])  # the end record cut mid-write
     trace = load_trace(torn)
     assert trace.torn_line == len(lines) - 1 and trace.end is None and trace.steps.n == 51
     assert main(["plot", str(torn), "--summary"]) == 0
     assert f"note: {torn}: line {len(lines) - 1} is incomplete" in capsys.readouterr().err
-    broken = log_path.with_name("broken.jsonl")
+    broken = tmp_path / "broken.jsonl"
     broken.write_bytes(b"\n".join([lines[0], lines[1][:7], *lines[2:]]))
     with pytest.raises(UserError, match="line 2 is not a JSON record"):
         load_trace(broken)
-    missing_field = log_path.with_name("odd.jsonl")
+    missing_field = tmp_path / "odd.jsonl"
     missing_field.write_bytes(b"\n".join([lines[0], b'{"kind": "step", "held": true}', b""]))
-    with pytest.raises(UserError, match="line 2: malformed 'step' record"):
+    with pytest.raises(UserError, match="line 2: 'step' record: has no 'deadline_ns' field"):
         load_trace(missing_field)
+
+
+def test_plain_and_compressed_logs_of_one_run_give_the_same_summary(log_path, tmp_path, capsys):
+    plain = tmp_path / "plain.jsonl"
+    plain_log(plain, records())
+    assert log_path.stat().st_size < plain.stat().st_size
+    outputs = []
+    for path in (plain, log_path):
+        assert main(["plot", str(path), "--summary"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and "held for want of a chunk" in outputs[0]

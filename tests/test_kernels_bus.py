@@ -235,3 +235,26 @@ def test_bus_close_is_refused_while_a_loop_starts() -> None:
         loop.stop()
         bus.close()
         assert bus.closed
+
+
+def test_a_late_echo_of_an_action_is_never_a_reply() -> None:
+    """ACTION(2) is FF FF 02 02 05 F6, the shape of a data-less status of servo 2 with ERR 5. Behind an
+    adapter proven to echo, its copy arriving after FE_ECHO_HISTORY distinct requests (a backed-up adapter)
+    is not servo 2's answer to a WRITE: the servo is silent, so the write times out."""
+    action = bytes.fromhex("ffff020205f6")
+    assert action == status(2, 0x05)  # byte for byte a status packet
+    servos = Servos({1: 2048})
+
+    def answer(request: fe_fake.Request) -> bytes:
+        if request.id == 2:  # answers the ACTION; its WRITE reply is lost and the old echo arrives instead
+            return status(2, 0) if request.instruction == fe_fake.ACTION else action
+        return servos(request)
+
+    with FakeBus(answer, echo=True) as fake, fe.Bus(fake.port, timeout_ms=SLACK_MS, retries=0) as bus:
+        assert bus.sync_read([1], 56, 2) == [(u16(2048), 0)]  # the SYNC_READ's echo proves an echoing adapter
+        bus.action(2)
+        for addr in range(40):  # distinct requests: the ACTION leaves the echo history
+            bus.read(1, addr, 1)
+        with pytest.raises(fe.BusTimeoutError, match="id 2"):
+            bus.write(2, 40, b"\x01")
+        assert [r.raw for r in fake.requests if r.instruction == fe_fake.ACTION] == [action]

@@ -22,9 +22,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from rynn_edge.runtime.cli import main
 from rynn_edge.runtime.robot import so100
 from rynn_edge.runtime.robot.calibration import save_calibration
-from rynn_edge.runtime.robot.episode_log import read_episode
+from rynn_edge.runtime.robot.episode_log import iter_episode, read_episode
+from rynn_edge.runtime.robot.episode_metrics import METRIC_KEYS
 from rynn_edge.runtime.sim import launch
 from rynn_edge.runtime.tokens.prompt import state_block
 from rynn_edge.runtime.tokens.stats import load_stats
@@ -124,7 +126,7 @@ def bundle(so100_bundle):
     return so100_bundle
 
 
-def test_normal_end_full_chunks(bundle, tmp_path):
+def test_normal_end_full_chunks(bundle, tmp_path, capsys):
     r = run_against_sim(bundle, tmp_path, duration=3.0, extra=("--log-frames",))
     check_safe_state(r, "completed", 0)
     s = r.summary
@@ -135,8 +137,9 @@ def test_normal_end_full_chunks(bundle, tmp_path):
     chunks = [c for c in r.log if c["kind"] == "chunk"]
     for c in chunks:  # SO100 semantics: joints = query-time state + offsets, gripper absolute
         state, actions, goals = queries[c["t_obs_ns"]], np.array(c["actions"]), np.array(c["goals"])
-        assert np.allclose(goals[:, :5], state[:5] + actions[:, :5]) and np.allclose(
-            goals[:, 5], actions[:, 5]
+        close = {"atol": 1e-5}  # the log stores chunk arrays to 1e-6
+        assert np.allclose(goals[:, :5], state[:5] + actions[:, :5], **close) and np.allclose(
+            goals[:, 5], actions[:, 5], **close
         )
     for q in (x for x in r.log if x["kind"] == "query"):  # the frames each query saw, as JPEG files
         assert [Path(f).name for f in q["frames"]] == [
@@ -146,6 +149,16 @@ def test_normal_end_full_chunks(bundle, tmp_path):
     # The arm followed the first chunk: the simulated servos moved to its (clamped) goals.
     steps = [x for x in r.log if x["kind"] == "step" and x["chunk_id"] == chunks[0]["chunk_id"]]
     assert steps and any(x["goal_raw"] != steps[0]["goal_raw"] for x in steps)
+    # The log stores no step units (rebuilt from the raw ticks): plot --summary gives the run's own metrics,
+    # from the compressed log and from the same records written as plain JSON Lines (the earlier format).
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps(x, separators=(",", ":")) + "\n" for x in r.log))
+    printed = []
+    for log in (tmp_path / "episode.jsonl", plain):
+        assert main(["plot", str(log), "--summary", "--json"]) == 0
+        printed.append(json.loads(capsys.readouterr().out))
+    assert {k: printed[0][k] for k in METRIC_KEYS} == {k: s[k] for k in METRIC_KEYS}
+    assert {k: printed[1][k] for k in METRIC_KEYS} == {k: s[k] for k in METRIC_KEYS}
 
 
 def test_async_chunks_switch_without_a_jump(bundle, tmp_path):
@@ -260,6 +273,9 @@ def test_disk_full_during_the_run_still_stops_safely(bundle, tmp_path):
     assert "File too large" in s["message"] and "Traceback" not in r.stderr
     assert s["torque_off"] == ALL_IDS and all(r.servos[i]["torque"] == 0 for i in ALL_IDS)
     assert r.log[0]["kind"] == "start" and len(r.log) > 10  # read_episode parsed every complete line
+    torn = []
+    assert len(list(iter_episode(tmp_path / "episode.jsonl", on_torn=torn.append))) == len(r.log)
+    assert torn == []  # cut back to the last whole record after the failed write
     assert (tmp_path / "episode.jsonl").stat().st_size <= 60_000
 
 

@@ -14,6 +14,8 @@ import pytest
 from serving import start_serve, stop_serve
 from test_run_safety import check_safe_state, run_against_sim
 
+from rynn_edge.runtime.robot.episode_log import read_episode
+
 OUTCOMES = {
     "dies": (signal.SIGKILL, "inference_failed", 7),
     "hangs": (signal.SIGSTOP, "inference_stalled", 6),
@@ -31,7 +33,7 @@ def test_a_server_that_stops_answering_mid_run_is_a_safe_stop(so100_fp32, so100_
     def signal_after_the_first_chunk() -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            if log.exists() and '"kind":"chunk"' in log.read_text():
+            if log.exists() and any(r["kind"] == "chunk" for r in read_episode(log)):
                 os.kill(served.tritonserver_pid, sig)
                 signalled.set()
                 return

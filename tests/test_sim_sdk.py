@@ -215,3 +215,22 @@ def test_simulator_exits_with_the_process_that_launched_it(tmp_path) -> None:
     while os.path.lexists(link) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not os.path.lexists(link)
+
+
+def test_torque_enable_after_a_homing_offset_holds_the_present_position(bus, sim) -> None:
+    """LeRobot's calibration order: torque off, Homing_Offset written, torque on. The servo must not drive
+    to the goal it had before (now 1000 steps away in the new frame): it holds where it stands."""
+    port, ph = bus
+    ok(ph.write1ByteTxRx(port, 1, ct.TORQUE_ENABLE, 0))
+    ok(ph.write2ByteTxRx(port, 1, ct.HOMING_OFFSET, ct.encode_signed(-1000, ct.SIGN_BIT[ct.HOMING_OFFSET])))
+    shifted = positions(port, ph, ids=(1,))[0]
+    assert shifted == 3048 and ok(ph.read2ByteTxRx(port, 1, ct.GOAL_POSITION)) == 2048
+    ok(ph.write1ByteTxRx(port, 1, ct.TORQUE_ENABLE, 1))
+    assert ok(ph.read2ByteTxRx(port, 1, ct.GOAL_POSITION)) == shifted
+    time.sleep(0.2)
+    assert positions(port, ph, ids=(1,)) == [shifted]
+    # Torque and goal in one write (addresses 40..43): the goal written is the one driven to.
+    ok(ph.write1ByteTxRx(port, 2, ct.TORQUE_ENABLE, 0))
+    ok(ph.writeTxRx(port, 2, ct.TORQUE_ENABLE, 4, [1, 0, *(2548).to_bytes(2, "little")]))
+    time.sleep(0.4)
+    assert positions(port, ph, ids=(2,)) == [2548] and sim.servo(2)["torque"] == 1

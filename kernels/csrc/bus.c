@@ -3,7 +3,8 @@
  * A reply is only ever taken from an id the request addressed, with the LEN the request implies, an ERR
  * byte with STS bits only and a good checksum. An exact copy of the request is the adapter's echo wherever
  * it appears in the stream, however many there are: a reply byte-identical to its request (a PING answered
- * with ERR=0x01) cannot be told from one, so the caller hears FE_EECHO instead (Bus.ping then asks READ). */
+ * with ERR=0x01) cannot be told from one, so the caller hears FE_EECHO instead (Bus.ping then asks READ). Behind
+ * an adapter that has echoed, a copy of a PING or ACTION once sent is an echo however late it comes. */
 #include <errno.h>
 #include <string.h>
 
@@ -67,6 +68,7 @@ static int send_request(fe_bus *bus, const uint8_t *packet, size_t n, int64_t de
     int known = 0; /* a retry, a second ping: the history keeps distinct requests */
     for (int h = 0; h < FE_ECHO_HISTORY && !known; h++)
         known = bus->recent_len[h] == n && memcmp(bus->recent[h], packet, n) == 0;
+    if (n == 6 && packet[4] < 8) bus->bare_sent[packet[2]] |= (uint8_t)(1u << packet[4]);
     if (!known) {
         memcpy(bus->recent[bus->recent_next], packet, n);
         bus->recent_len[bus->recent_next] = n;
@@ -174,6 +176,12 @@ static int request_looks_like_reply(const exchange *x) {
            index_of(x, st.id) >= 0;
 }
 
+/* Behind an adapter that has echoed, a data-less status identical to a PING or ACTION we once sent to that id may
+ * be its echo come back after leaving the history (a fabricated ERR 1 / ERR 5 reply): it is never taken. */
+static int old_bare_request(const fe_bus *bus, const fe_status *st) {
+    return bus->echo_proven && st->n_data == 0 && st->error < 8 && (bus->bare_sent[st->id] >> st->error & 1);
+}
+
 static size_t frame_start(int p, const fe_status *st, const uint8_t *buf, size_t consumed) {
     return p == FE_PARSE_PACKET ? (size_t)(st->data - buf) - 5 : consumed - 1; /* bad checksum: skips 1 */
 }
@@ -193,8 +201,9 @@ static void take_replies(fe_bus *bus, exchange *x) {
         size_t window = waiting ? 0 : copy.complete ? copy.at : x->n;
         int p = fe_parse_status(x->buf, window, (size_t)x->length + 2, &st, &consumed, &bad_id);
         if (p != FE_PARSE_NEED_MORE && frame_start(p, &st, x->buf, consumed) < copy.at) {
-            if (p == FE_PARSE_PACKET) accept_status(bus, x, &st);
-            else count_bad_checksum(bus, x, bad_id);
+            if (p != FE_PARSE_PACKET) count_bad_checksum(bus, x, bad_id);
+            else if (old_bare_request(bus, &st)) bus->garbage_bytes += consumed;
+            else accept_status(bus, x, &st);
             drop(x, consumed);
             continue;
         }
@@ -203,6 +212,7 @@ static void take_replies(fe_bus *bus, exchange *x) {
             drop(x, copy.at + copy.len);
             x->echoed |= copy.ours;
             bus->echo_seen |= copy.ours && !request_looks_like_reply(x); /* no servo sends that: proof */
+            bus->echo_proven |= bus->echo_seen;
             continue;
         }
         if (waiting || consumed > copy.at) consumed = copy.at;

@@ -97,6 +97,9 @@ typedef struct {
     int retries;
     int echo_seen;       /* the adapter echoes: a copy came back of a request no reply can equal (a SYNC_READ),
                             and of every request since */
+    int echo_proven;     /* echo_seen was set once: sticky (a backed-up adapter may echo late, or not at all) */
+    uint8_t bare_sent[256]; /* per id, bit i: a request without params of instruction i (< 8) was ever sent; its
+                               copy is a data-less status with ERR i (ACTION: ERR 5), however late it comes */
     int loops;           /* control loops starting or running on this bus; under lock */
     pthread_mutex_t lock; /* one transaction at a time (Python threads and the loop); lives until fe_bus_free */
     fe_id_stats stats[256];

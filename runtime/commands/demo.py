@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = tiny_bundle(workdir)
     calibration = workdir / "calibration.json"
     save_calibration(calibration, so100.simulator_calibration())
-    episode_log = workdir / "episode.jsonl"
+    episode_log = workdir / "episode.jsonl.gz"
     episode_log.unlink(missing_ok=True)  # the demo keeps only its latest episode
     # Real servos answer in hardware; a simulator starved of CPU by inference on a small machine would
     # show reply timeouts that a real arm never has, so it runs SCHED_FIFO where the system allows it.

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from rynn_edge.runtime.argtypes import Number, output_file
 from rynn_edge.runtime.errors import UserError
 
 
@@ -16,7 +17,9 @@ def _names(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("episode_log", type=Path, help="a log written by `rynn-edge run --episode-log`")
-    parser.add_argument("-o", "--out", type=Path, help="PNG to write (default: the log's path with .png)")
+    parser.add_argument(
+        "-o", "--out", type=output_file, help="PNG to write (default: beside the log, .jsonl[.gz] -> .png)"
+    )
     parser.add_argument(
         "--joints",
         type=_names,
@@ -24,9 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="joints to draw, by name or 1-based number (default all)",
     )
     parser.add_argument(
-        "--from", dest="t_from", type=float, metavar="S", help="draw from S seconds after the first cycle"
+        "--from", dest="t_from", type=Number(), metavar="S", help="draw from S seconds after the first cycle"
     )
-    parser.add_argument("--to", dest="t_to", type=float, metavar="S", help="draw up to S seconds")
+    parser.add_argument("--to", dest="t_to", type=Number(), metavar="S", help="draw up to S seconds")
     parser.add_argument(
         "--summary", action="store_true", help="print the metrics of the whole run only; draw nothing"
     )
@@ -49,11 +52,22 @@ def _title(path: Path, trace, metrics: dict) -> str:
     )
 
 
+def figure_path(log: Path, out: Path | None) -> Path:
+    """Where the PNG goes: -o, or beside the log; refused before anything is read or drawn."""
+    figure = out or log.with_name(log.name.removesuffix(".gz")).with_suffix(".png")
+    if figure.suffix.lower() != ".png":
+        raise UserError(f"-o {figure}: the figure is a PNG; give a file name ending in .png")
+    if figure.exists() and log.exists() and figure.samefile(log):
+        raise UserError(f"{figure} is the episode log itself; give -o a .png path to write the figure to")
+    return figure
+
+
 def run(args: argparse.Namespace) -> int:
     from rynn_edge.runtime.robot.episode_metrics import episode_metrics, load_trace
     from rynn_edge.runtime.robot.report import metric_lines
 
     path: Path = args.episode_log
+    figure = None if args.summary else figure_path(path, args.out)
     trace = load_trace(path)
     if trace.torn_line is not None:
         print(
@@ -64,12 +78,10 @@ def run(args: argparse.Namespace) -> int:
     if trace.steps.n == 0:
         raise UserError(f"{path}: no loop cycles recorded (the run ended before the servo loop started)")
     metrics = episode_metrics(trace)
-    figure = None
-    if not args.summary:
+    if figure is not None:
         from rynn_edge.runtime.bench.figures import save_figure
         from rynn_edge.runtime.robot.plot import draw
 
-        figure = args.out or path.with_suffix(".png")
         try:
             fig = draw(
                 trace,
@@ -81,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise UserError(str(err)) from None
         try:
+            figure.parent.mkdir(parents=True, exist_ok=True)
             save_figure(fig, figure)
         except OSError as err:
             raise UserError(f"cannot write the figure {figure}: {err.strerror or err}") from None

@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +204,13 @@ class Supervisor:
             max_missed_cycles=cfg.max_missed_cycles,
             fault_mask=so100.FAULT_BITS,
         )
-        self._write("start", config=self._config_record(), calibration_rewritten=rewritten, max_step=step)
+        self._write(
+            "start",
+            config=self._config_record(),
+            calibration={name: asdict(cal) for name, cal in calib.items()},  # readers rebuild step units
+            calibration_rewritten=rewritten,
+            max_step=step,
+        )
         self.loop.start()
 
     def _wait_for_port(self) -> None:

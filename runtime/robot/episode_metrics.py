@@ -23,8 +23,11 @@ Only the run phase is measured:
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -112,6 +115,108 @@ class EpisodeTrace:
         return list(self.config.get("motors", []))
 
 
+class _Field(NamedTuple):
+    what: str  # what a good value is, for the message
+    ok: Callable[[Any], bool]
+    optional: bool = False  # may be absent or null
+    per_joint: bool = False  # a list with one such value per motor of the start record
+
+
+def _integer(lo: int = -(2**63), hi: int = 2**63 - 1) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive(v: Any) -> bool:
+    return _finite(v) and v > 0
+
+
+def _names(v: Any) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(isinstance(name, str) for name in v)
+
+
+INTEGER = _Field("an integer", _integer())
+NUMBER = _Field("a finite number", _finite)
+# What the metrics and the plot read, per record kind; checked line by line before any column is built.
+RECORD_FIELDS: dict[str, dict[str, _Field]] = {
+    "config": {
+        "loop_rate_hz": _Field("a number > 0 (Hz)", _positive),
+        "rate_hz": _Field("a number > 0 (Hz)", _positive),
+        "motors": _Field("a non-empty list of motor names", _names),
+        "chunk_policy": _Field("a string", lambda v: isinstance(v, str), optional=True),
+        "async_remaining": _Field("an integer", _integer(), optional=True),
+        "time_horizon": _Field("an integer", _integer(), optional=True),
+    },
+    "start": {"max_step": _Field("an integer >= 1", _integer(1), optional=True)},
+    "step": {
+        "deadline_ns": INTEGER,
+        "period_error_ns": INTEGER,
+        "held": _Field("true or false", lambda v: isinstance(v, bool)),
+        "chunk_id": INTEGER,
+        "valid": _Field("true or false", lambda v: isinstance(v, bool), per_joint=True),
+        "servo_error": _Field("an ERR byte 0..255", _integer(0, 255), per_joint=True),
+        "goal": NUMBER._replace(per_joint=True),
+        "state": NUMBER._replace(per_joint=True),
+        "goal_raw": _Field("a position in ticks", _integer(-(2**31), 2**31 - 1), per_joint=True),
+    },
+    "query": {
+        "chunk_id": INTEGER,
+        "t_ns": INTEGER,
+        "budget_s": NUMBER._replace(optional=True),
+        "remaining": INTEGER._replace(optional=True),
+    },
+    "chunk": {
+        "chunk_id": INTEGER,
+        "t_ns": INTEGER,
+        "switch_ns": INTEGER._replace(optional=True),
+        "latency_s": NUMBER,
+    },
+    "bus": {"t_ns": INTEGER, "timeouts": INTEGER, "checksum_errors": INTEGER},
+    "end": {"exit_reason": _Field("a string", lambda v: isinstance(v, str))},
+}
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return f"{text[:40]}..." if len(text) > 43 else text
+
+
+_GOOD = object()  # a per-joint list with no bad value
+
+
+def record_problem(kind: str, record: dict[str, Any], joints: int) -> str | None:
+    """What is wrong with a record read from a log (None: nothing the metrics or the plot would trip on)."""
+    if kind == "start":
+        config = record.get("config")
+        if not isinstance(config, dict):
+            return f"'config' is {_shown(config)}; expected an object (the run's configuration)"
+        problem = _fields_problem("config", config, joints)
+        return f"config {problem}" if problem else _fields_problem("start", record, joints)
+    return _fields_problem(kind, record, joints)
+
+
+def _fields_problem(kind: str, record: dict[str, Any], joints: int) -> str | None:
+    for name, field in RECORD_FIELDS.get(kind, {}).items():
+        value = record.get(name)
+        if value is None and field.optional:
+            continue
+        if name not in record:
+            return f"has no '{name}' field"
+        if field.per_joint:
+            if not isinstance(value, list) or len(value) != joints:
+                got = f"{len(value)} values" if isinstance(value, list) else _shown(value)
+                return f"'{name}' is {got}; expected a list of {joints} (one per motor), each {field.what}"
+            bad = next((v for v in value if not field.ok(v)), _GOOD)
+            if bad is not _GOOD:
+                return f"'{name}' holds {_shown(bad)}; expected each {field.what}"
+        elif not field.ok(value):
+            return f"'{name}' is {_shown(value)}; expected {field.what}"
+    return None
+
+
 def load_trace(path: str | Path) -> EpisodeTrace:
     """Read an episode log; a UserError (naming the file and line) for anything that is not one."""
     path = Path(path)
@@ -130,10 +235,12 @@ def load_trace(path: str | Path) -> EpisodeTrace:
                 )
             if not isinstance(kind, str):
                 raise UserError(f"{path}: line {number} is not an episode log record (no 'kind')")
-            try:
-                trace.add(kind, record)
-            except (KeyError, TypeError, ValueError) as err:
-                raise UserError(f"{path}: line {number}: malformed {kind!r} record ({err!r})") from None
+            if number > 1 and kind == "start":
+                raise UserError(f"{path}: line {number}: a second 'start' record (two logs joined?)")
+            problem = record_problem(kind, record, len(trace.joint_names))
+            if problem:
+                raise UserError(f"{path}: line {number}: {kind!r} record: {problem}")
+            trace.add(kind, record)
     except CorruptLogError as err:
         raise UserError(f"{err} (not an episode log, or damaged before its end)") from None
     if number == 0:

@@ -82,6 +82,12 @@ class Servo:
             if self.regs[ct.TORQUE_ENABLE] == ct.TORQUE_RECENTRE:  # a command, not a torque state
                 self._recentre()
                 self.regs[ct.TORQUE_ENABLE] = torque_before
+            elif self.torque_on and torque_before != 1 and ct.GOAL_POSITION not in written:
+                # No Feetech document or LeRobot issue we found says whether an STS3215 drives to its old
+                # Goal_Position on torque enable (a goal now shifted by a rewritten Homing_Offset, or left
+                # behind by hand moves); we take the safe reading and hold where it stands (README,
+                # "The bus simulator").
+                self._set(ct.GOAL_POSITION, round(self.pos))
             self._enforce_protection()
 
     def reg_write(self, address: int, data: bytes) -> None:
