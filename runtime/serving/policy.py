@@ -34,7 +34,7 @@ GRIPPER_RANGE = (0.0, 100.0)  # LeRobot's RANGE_0_100
 JOINT_LIMIT_WITHOUT_STATS = 180.0  # the widest a LeRobot DEGREES calibration can express
 MAX_TASK_CHARS = 2000
 MAX_VIEW_SIDE = 4096
-LOG_EVERY_S = 10.0  # one line per session and kind of refusal in this window; the rest are counted
+LOG_EVERY_S = 10.0  # one line per session and kind of message in this window; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,9 @@ class GoalLimits:
         return f"goal ranges {ranges}; max step {step}"
 
 
-class RefusalLog:
-    """stderr lines for refusals: the first of each (session, kind) in a window, then a count."""
+class SessionLog:
+    """stderr lines; repeated ones (refusals, clipping) rate-limited: the first of each (session, kind) in
+    a window, then a count."""
 
     def __init__(self, prefix: str, every_s: float = LOG_EVERY_S):
         self.prefix, self.every_s = prefix, every_s
@@ -89,7 +90,7 @@ class RefusalLog:
     def line(self, text: str) -> None:
         print(f"{self.prefix}: {text}", file=sys.stderr, flush=True)
 
-    def refusal(self, session: str, kind: str, text: str) -> None:
+    def limited(self, session: str, kind: str, text: str) -> None:
         now = time.monotonic()
         last, suppressed = self._last.get((session, kind), (-math.inf, 0))
         if now - last < self.every_s:
@@ -97,7 +98,7 @@ class RefusalLog:
             return
         more = f" ({suppressed} more like it in the last {self.every_s:g} s)" if suppressed else ""
         self._last[(session, kind)] = (now, 0)
-        self.line(f"{session}: refused: {text}{more}")
+        self.line(f"{session}: {text}{more}")
 
     def forget(self, session: str) -> None:
         for key in [k for k in self._last if k[0] == session]:

@@ -30,8 +30,8 @@ from rynn_edge.runtime.errors import UserError
 from rynn_edge.runtime.robot import so100
 from rynn_edge.runtime.serving.lerobot import messages, pickles
 from rynn_edge.runtime.serving.policy import (
-    RefusalLog,
     ServedPolicy,
+    SessionLog,
     check_state,
     check_task,
     until_stopped,
@@ -80,7 +80,7 @@ class AsyncInference:
         self.max_bytes = max_bytes
         self.stream_timeout_s = stream_timeout_s
         self.sessions: dict[str, Session] = {}
-        self.log = RefusalLog("rynn-edge serve --lerobot")
+        self.log = SessionLog("rynn-edge serve --lerobot")
 
     # --- the four RPCs ---------------------------------------------------------------------------------
     async def ready(self, _request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -109,7 +109,7 @@ class AsyncInference:
                 )
             cameras = self._declared_cameras(config.lerobot_features)
         except UserError as err:
-            self.log.refusal(session.peer, "instructions", str(err))
+            self.log.limited(session.peer, "instructions", f"refused: {err}")
             raise
         session.actions_per_chunk, session.cameras = int(chunk), cameras
         self.log.line(
@@ -126,7 +126,7 @@ class AsyncInference:
         except UserError as err:
             if not session.checked:  # what only an observation shows is refused once, for the session
                 session.refused = f"first observation refused: {err}"
-            self.log.refusal(session.peer, "observation", str(err))
+            self.log.limited(session.peer, "observation", f"refused: {err}")
             raise
         session.checked = True
         session.pending = observed
@@ -147,7 +147,7 @@ class AsyncInference:
         session.chunks += 1
         if chunk.clipped:
             session.clipped += chunk.clipped
-            self.log.refusal(
+            self.log.limited(
                 session.peer,
                 "clipped",
                 f"{chunk.clipped} goal value(s) of chunk #{session.chunks} moved into the valid ranges "
@@ -183,7 +183,7 @@ class AsyncInference:
         if session.actions_per_chunk is None:
             raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, "send SendPolicyInstructions first")
         if session.refused:
-            self.log.refusal(session.peer, "refused session", session.refused)
+            self.log.limited(session.peer, "refused session", session.refused)
             raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, session.refused)
         return session
 
@@ -256,7 +256,7 @@ class AsyncInference:
         return Observed(float(timed.timestamp), int(timed.timestep), images, state, task)
 
 
-def guarded(log: RefusalLog, fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable:
+def guarded(log: SessionLog, fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable:
     """Every failure reaches the client as a status with a plain message, never Python's exception text."""
 
     @functools.wraps(fn)

@@ -28,8 +28,8 @@ from rynn_edge.runtime.robot import so100
 from rynn_edge.runtime.serving.openpi import frames
 from rynn_edge.runtime.serving.policy import (
     POLICY_TYPE,
-    RefusalLog,
     ServedPolicy,
+    SessionLog,
     check_state,
     check_task,
     until_stopped,
@@ -84,7 +84,7 @@ async def serve_openpi(args: argparse.Namespace, policy: ServedPolicy, ready: Ca
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.exceptions import ConnectionClosed
 
-    log = RefusalLog("rynn-edge serve --openpi")
+    log = SessionLog("rynn-edge serve --openpi")
     max_bytes = int(args.max_message_mb * 1024 * 1024)
     hello = frames.pack(metadata(policy))
     numbers = count(1)
@@ -100,7 +100,7 @@ async def serve_openpi(args: argparse.Namespace, policy: ServedPolicy, ready: Ca
                     images, state, task = inputs(policy, frames.unpack(frame))
                     chunk = await policy.run(images, state, task)
                 except UserError as err:
-                    log.refusal(name, "observation", str(err))
+                    log.limited(name, "observation", f"refused: {err}")
                     await connection.send(f"{log.prefix}: {err}")
                     continue
                 except Exception as err:  # a fault of this server: logged here, not sent
@@ -109,7 +109,7 @@ async def serve_openpi(args: argparse.Namespace, policy: ServedPolicy, ready: Ca
                     continue
                 chunks, clipped = chunks + 1, clipped + chunk.clipped
                 if chunk.clipped:
-                    log.refusal(
+                    log.limited(
                         name, "clipped", f"{chunk.clipped} goal value(s) moved into range ({clipped} so far)"
                     )
                 reply = {
