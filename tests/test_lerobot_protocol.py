@@ -198,7 +198,8 @@ def test_a_client_that_cannot_be_served_is_refused_at_start(served, so100_fp32, 
 def test_the_artifact_may_be_named_by_its_path(served, so100_fp32):
     art = so100_fp32[0]
     client = Client(served.port)
-    assert client.start(pickles.RemotePolicyConfig("rynnvla002", str(art), features("front", "wrist"), 5))
+    for path in (str(art), f"{art}/", str(art.resolve())):
+        assert client.start(pickles.RemotePolicyConfig("rynnvla002", path, features("front", "wrist"), 5))
 
 
 @pytest.mark.parametrize(

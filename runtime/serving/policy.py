@@ -144,7 +144,7 @@ class ServedPolicy:
         accepted = f"policy type {POLICY_TYPE!r} with path {' or '.join(map(repr, self.names))}"
         if policy_type != POLICY_TYPE:
             raise UserError(f"policy type {policy_type!r} is not served here; this server serves {accepted}")
-        if path not in self.names:
+        if not isinstance(path, str) or (path.rstrip("/") or path) not in self.names:
             raise UserError(f"policy path {path!r} is not served here; this server serves {accepted}")
 
     def view_order(self, cameras: Sequence[str]) -> list[str]:
