@@ -117,11 +117,10 @@ def views(frames, first: int = 0, second: int = 3) -> tuple[np.ndarray, np.ndarr
     )
 
 
-def observation(cameras: dict, state=STATE, timestep: int = 7, **override) -> bytes:
+def observation(cameras: dict, state=STATE, timestep: int = 7, damage: dict | None = None) -> bytes:
     raw = {f"{m}.pos": v for m, v in zip(so100.MOTORS, state, strict=True)} | cameras | {"task": TASK}
-    return pickles.dumps(
-        pickles.TimedObservation(timestamp=100.0, timestep=timestep, observation=raw | override)
-    )
+    timed = pickles.TimedObservation(timestamp=100.0, timestep=timestep, observation=raw | (damage or {}))
+    return pickles.dumps(timed)
 
 
 def expected(predictor, images, state) -> np.ndarray:
@@ -211,13 +210,14 @@ def test_the_artifact_may_be_named_by_its_path(served, so100_fp32):
         ({"wrist": np.zeros((48, 64), np.uint8)}, "camera 'wrist': expected an HxWx3 uint8 RGB array"),
         ({"side": np.zeros((48, 64, 3), np.uint8)}, "camera(s) side not declared"),
         ({"task": 42}, "non-empty string"),
+        ({7: np.zeros((48, 64, 3), np.uint8)}, "camera(s) 7 not declared"),
     ],
 )
 def test_a_damaged_first_observation_refuses_the_session_once(served, so100_fp32, frames, damage, reason):
     client = started(served, so100_fp32[0])
     front, wrist = views(frames)
     with pytest.raises(grpc.RpcError) as refused:
-        client.send_observation(observation({"front": front, "wrist": wrist}, **damage))
+        client.send_observation(observation({"front": front, "wrist": wrist}, damage=damage))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason in refused.value.details() and "Traceback" not in refused.value.details()
     for _ in range(5):  # every later call carries the reason; the log says it once
@@ -235,7 +235,7 @@ def test_a_damaged_later_observation_is_refused_and_the_session_goes_on(
     front, wrist = views(frames)
     client.send_observation(observation({"front": front, "wrist": wrist}))
     with pytest.raises(grpc.RpcError) as refused:
-        client.send_observation(observation({"front": front, "wrist": wrist}, **{"gripper.pos": "open"}))
+        client.send_observation(observation({"front": front, "wrist": wrist}, damage={"gripper.pos": "open"}))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     got = np.stack([t.action.numpy() for t in client.get_actions()])
     assert np.allclose(got, expected(predictor, (front, wrist), STATE)[:3], rtol=1e-6, atol=1e-4)

@@ -167,7 +167,7 @@ class ServedPolicy:
         return [by_view[v] for v in self.views]
 
     def images(self, cameras: dict[str, Any], order: Sequence[str]) -> list[np.ndarray]:
-        extra = sorted(set(cameras) - set(order))
+        extra = sorted(map(str, set(cameras) - set(order)))
         if extra:
             raise UserError(f"camera(s) {', '.join(extra)} not declared; expected {', '.join(order)}")
         return [check_view(name, cameras.get(name)) for name in order]

@@ -40,6 +40,7 @@ from rynn_edge.runtime.serving.policy import (
 OBSERVATION_WAIT_S = 2.0  # GetActions with no new observation answers empty after this (as LeRobot's does)
 MAX_SESSIONS = 64
 IDLE_SESSION_S = 600.0  # a session silent this long makes room for a new one
+MAX_DETAILS = 2000  # characters of a refusal sent back (a message may quote what the client sent)
 IMAGES = "observation.images."
 STATE_NAMES = [f"{m}.pos" for m in so100.MOTORS]
 
@@ -264,9 +265,9 @@ def guarded(log: SessionLog, fn: Callable[[Any, Any], Awaitable[Any]]) -> Callab
         try:
             return await fn(request, context)
         except Refusal as refusal:
-            await context.abort(refusal.code, str(refusal))
+            await context.abort(refusal.code, str(refusal)[:MAX_DETAILS])
         except UserError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err)[:MAX_DETAILS])
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as err:  # a fault of this server: logged here, not sent
