@@ -132,6 +132,7 @@ async def serve_openpi(args: argparse.Namespace, policy: ServedPolicy, ready: Ca
             max_size=max_bytes,
             compression=None,
             open_timeout=args.stream_timeout,
+            max_queue=4,
         )
     except OSError as err:
         raise UserError(
