@@ -65,7 +65,7 @@ def tiny_artifact(scratch: Path) -> Path:
     return out
 
 
-def lerobot_path(art: Path, views, runs: int, warmup: int) -> dict:
+def lerobot_path(art: Path, views, horizon: int, runs: int, warmup: int) -> dict:
     import grpc
 
     port = free_port()
@@ -78,6 +78,13 @@ def lerobot_path(art: Path, views, runs: int, warmup: int) -> dict:
                                     messages.Empty.FromString)  # fmt: skip
         get = channel.unary_unary(messages.method("GetActions"), lambda m: m.SerializeToString(),
                                   messages.Actions.FromString)  # fmt: skip
+        start = {name: channel.unary_unary(messages.method(name), lambda m: m.SerializeToString(),
+                                           messages.Empty.FromString)
+                 for name in ("Ready", "SendPolicyInstructions")}  # fmt: skip
+        features = {f"observation.images.{view}": {"dtype": "image"} for view in ("front", "wrist")}
+        instructions = pickles.RemotePolicyConfig("rynnvla002", art.name, features, actions_per_chunk=horizon)
+        start["Ready"](messages.Empty(), timeout=60)
+        start["SendPolicyInstructions"](messages.PolicySetup(data=pickles.dumps(instructions)), timeout=60)
         raw = {f"{m}.pos": float(v) for m, v in zip(so100.MOTORS, STATE, strict=True)}
         raw |= {"front": views[0], "wrist": views[1], "task": TASK}
         payload = pickles.dumps(pickles.TimedObservation(time.time(), 0, raw, must_go=True))
@@ -114,7 +121,7 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         server.stop()
     rows.append({"path": "lerobot (gRPC, AsyncInference)", "backend": "onnxruntime",
-                 **lerobot_path(art, views, args.runs, args.warmup)})  # fmt: skip
+                 **lerobot_path(art, views, local.backend.time_horizon, args.runs, args.warmup)})  # fmt: skip
     for row in rows:  # the baseline is the in-process row of this same run
         row["p50_vs_in_process"] = row["p50_ms"] / rows[0]["p50_ms"]
     manifest = json.loads((art / "manifest.json").read_text())

@@ -59,3 +59,32 @@ def stop_serve(served: Served) -> None:
         except subprocess.TimeoutExpired:
             served.proc.kill()
             served.proc.wait()
+
+
+@dataclass
+class RobotServer:
+    """`serve --lerobot` or `serve --openpi` in a subprocess: its port, ready line and stderr so far."""
+
+    proc: subprocess.Popen
+    port: int
+    ready_line: str
+    stderr: list[str] = field(default_factory=list)
+
+
+def start_robot_server(artifact: Path, *flags: str) -> RobotServer:
+    port = free_port()
+    cmd = [sys.executable, "-m", "rynn_edge.runtime.cli", "serve", str(artifact), "--port", str(port), *flags]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    served = RobotServer(proc, port, "")
+    threading.Thread(target=lambda: served.stderr.extend(proc.stderr), daemon=True).start()
+    served.ready_line = proc.stdout.readline()
+    if "ready:" not in served.ready_line:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"serve did not become ready: {served.ready_line!r} {''.join(served.stderr)}")
+    return served
+
+
+def stop_robot_server(served: RobotServer) -> int:
+    served.proc.terminate()
+    return served.proc.wait(30)

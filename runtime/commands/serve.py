@@ -1,5 +1,6 @@
-"""`rynn-edge serve`: an exported artifact on the real Triton Inference Server, or on LeRobot's
-async-inference gRPC protocol (`--lerobot`). Binds 127.0.0.1 unless told otherwise."""
+"""`rynn-edge serve`: an exported artifact on the real Triton Inference Server, on LeRobot's
+async-inference gRPC protocol (`--lerobot`) or on openpi's websocket policy protocol (`--openpi`).
+Binds 127.0.0.1 unless told otherwise."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from rynn_edge.runtime.argtypes import positive
 from rynn_edge.runtime.errors import UserError
 
 INSTALL_HINT = "pip install 'rynn-edge[serve]'"
@@ -24,6 +26,14 @@ def _port(text: str) -> int:
     return port
 
 
+def camera_map_item(text: str) -> tuple[str, str]:
+    """`--camera-map CLIENT_NAME=VIEW` (the view is checked once the artifact is open)."""
+    client, sep, view = text.partition("=")
+    if not sep or not client.strip() or not view.strip():
+        raise argparse.ArgumentTypeError(f"expected CLIENT_NAME=VIEW (e.g. top=front), got {text!r}")
+    return client.strip(), view.strip()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifacts", type=Path, help="artifact folder exported with `--format triton`")
     parser.add_argument(
@@ -35,23 +45,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ready-timeout", type=float, default=300.0, help="seconds to wait for every model READY (300)"
     )
-    parser.add_argument(
+    robots = parser.add_mutually_exclusive_group()
+    robots.add_argument(
         "--lerobot",
         action="store_true",
         help="serve LeRobot's async-inference gRPC protocol (an unmodified LeRobot RobotClient) instead",
     )
-    parser.add_argument("--port", type=_port, default=8080, help="--lerobot: gRPC port (default 8080)")
+    robots.add_argument(
+        "--openpi",
+        action="store_true",
+        help="serve openpi's websocket policy protocol (openpi-client's WebsocketClientPolicy) instead",
+    )
+    parser.add_argument(
+        "--port", type=_port, help="--lerobot/--openpi: port (default 8080 / 8000; 0 = any free port)"
+    )
     parser.add_argument(
         "--backend",
         default="onnxruntime",
-        help="--lerobot: where the model runs (onnxruntime, tensorrt, or triton with --server)",
+        help="--lerobot/--openpi: where the model runs (onnxruntime, tensorrt, or triton with --server)",
     )
-    parser.add_argument("--server", help="--lerobot --backend triton: the Triton server, HOST:PORT")
+    parser.add_argument("--server", help="--backend triton: the Triton server, HOST:PORT")
     parser.add_argument(
-        "--max-message-mb", type=float, default=16.0, help="--lerobot: largest accepted message (16 MB)"
+        "--camera-map",
+        action="append",
+        default=[],
+        type=camera_map_item,
+        metavar="CLIENT_NAME=VIEW",
+        help="--lerobot/--openpi: serve the client's camera CLIENT_NAME as VIEW (repeatable; views are "
+        "matched by name: front, wrist for SO100)",
     )
     parser.add_argument(
-        "--fps", type=float, default=30.0, help="--lerobot: action rate, spacing of the timed actions (30)"
+        "--max-step",
+        type=positive(float),
+        help="--lerobot/--openpi: keep each goal within this many units (degrees; gripper 0-100) of the "
+        "observed state (default off)",
+    )
+    parser.add_argument(
+        "--max-message-mb",
+        type=positive(float),
+        default=16.0,
+        help="--lerobot/--openpi: largest accepted message (16 MB)",
+    )
+    parser.add_argument(
+        "--stream-timeout",
+        type=positive(float),
+        default=10.0,
+        help="--lerobot: seconds one observation upload may take; --openpi: the handshake (10)",
+    )
+    parser.add_argument(
+        "--fps",
+        type=positive(float),
+        default=30.0,
+        help="--lerobot: action rate, spacing of the timed actions (30)",
     )
 
 
@@ -79,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--instances must be at least 1, got {args.instances}")
     _stop_on_signals()
     try:
-        return _run_lerobot(args) if args.lerobot else _run_triton(args)
+        return _run_robot_protocol(args) if args.lerobot or args.openpi else _run_triton(args)
     except Stopped as stop:
         print(f"rynn-edge serve: {stop}: stopped", file=sys.stderr, flush=True)
         return 0
@@ -120,12 +165,43 @@ def _run_triton(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_lerobot(args: argparse.Namespace) -> int:
+def _run_robot_protocol(args: argparse.Namespace) -> int:
     try:
-        import grpc  # noqa: F401
-    except ImportError:
-        raise UserError(f"--lerobot needs grpcio: {INSTALL_HINT}") from None
-    from rynn_edge.runtime.serving.lerobot.service import serve_lerobot
+        if args.lerobot:
+            import grpc  # noqa: F401
+        else:
+            import msgpack  # noqa: F401
+            import websockets  # noqa: F401
+    except ImportError as err:
+        raise UserError(
+            f"{'--lerobot' if args.lerobot else '--openpi'} needs {err.name}: {INSTALL_HINT}"
+        ) from None
+    import asyncio
 
-    serve_lerobot(args, wait=_serve_forever)
+    from rynn_edge.runtime.predictor import open_predictor
+    from rynn_edge.runtime.serving.policy import ServedPolicy
+
+    if args.port is None:
+        args.port = 8080 if args.lerobot else 8000
+    predictor = open_predictor(args.artifacts, backend=args.backend, server=args.server)
+    policy = ServedPolicy(predictor, args.artifacts, args.camera_map, args.max_step)
+    try:
+        warm_up_ms = policy.warm_up() * 1e3
+
+        def ready(what: str) -> None:
+            print(
+                f"rynn-edge serve: ready: {what}; robot {predictor.robot}, views {', '.join(policy.views)}, "
+                f"T {policy.horizon}, backend {predictor.backend.name}, warm-up {warm_up_ms:.0f} ms",
+                flush=True,
+            )
+            print(f"rynn-edge serve: {policy.limits.describe()}", file=sys.stderr, flush=True)
+
+        if args.lerobot:
+            from rynn_edge.runtime.serving.lerobot.service import serve_lerobot as serve_protocol
+        else:
+            from rynn_edge.runtime.serving.openpi.server import serve_openpi as serve_protocol
+        stopped_by = asyncio.run(serve_protocol(args, policy, ready))
+    finally:
+        policy.close()
+    print(f"rynn-edge serve: {stopped_by}: stopped", file=sys.stderr, flush=True)
     return 0

@@ -23,13 +23,14 @@ class Embodiment:
     action_dim: int
     state_dim: int
     image_counts: tuple[int, ...]  # views per query, in prompt order
+    views: tuple[str, ...]  # the camera of each view of one step, in prompt order
     # actions + query-time state -> absolute goals; None where actions are not joint positions
     goals: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
 
 
 EMBODIMENTS = {
-    "so100": Embodiment("so100", 6, 6, (2,), so100.goals),  # front, wrist
-    "libero": Embodiment("libero", 7, 8, (2, 4), None),  # third, wrist (+ one step of history)
+    "so100": Embodiment("so100", 6, 6, (2,), ("front", "wrist"), so100.goals),
+    "libero": Embodiment("libero", 7, 8, (2, 4), ("third", "wrist"), None),  # (+ one step of history)
 }
 
 

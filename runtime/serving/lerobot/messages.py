@@ -12,11 +12,9 @@ generated code, no protoc): what `AsyncInference` exchanges.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-from rynn_edge.runtime.errors import UserError
 
 SERVICE = "transport.AsyncInference"
 CHUNK_BYTES = 2 * 1024 * 1024  # LeRobot streams observations in 2 MB pieces
@@ -66,19 +64,3 @@ def chunked(data: bytes) -> Iterator:
         sent += CHUNK_BYTES
         if last:
             return
-
-
-def joined(stream: Iterable, max_bytes: int) -> bytes:
-    """The payload of one Observation stream (up to its END), refused past `max_bytes`."""
-    buffer = bytearray()
-    for message in stream:
-        if message.transfer_state == BEGIN:
-            buffer.clear()
-        elif message.transfer_state not in (MIDDLE, END):
-            raise UserError(f"observation piece with unknown transfer state {message.transfer_state}")
-        buffer += message.data
-        if len(buffer) > max_bytes:
-            raise UserError(f"observation larger than the {max_bytes} byte cap (--max-message-mb)")
-        if message.transfer_state == END:
-            return bytes(buffer)
-    raise UserError("observation stream ended without TRANSFER_END")
