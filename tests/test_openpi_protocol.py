@@ -9,20 +9,15 @@ import threading
 import numpy as np
 import pytest
 import websockets.sync.client
+
+# The real openpi-client from PyPI (installed by `make setup` with the dev extra, without its numpy<2 pin).
+from openpi_client import msgpack_numpy
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from PIL import Image
 from serving import start_robot_server, stop_robot_server
 
 from rynn_edge.runtime.predictor import open_predictor
 from rynn_edge.runtime.robot import so100
-
-# openpi-client 0.1.2 pins numpy<2 (its code runs on numpy 2): the environment installs it with --no-deps.
-openpi_client = pytest.importorskip(
-    "openpi_client",
-    reason="pip install --no-deps openpi-client==0.1.2 (it pins numpy<2; msgpack and websockets "
-    "come with rynn-edge[serve])",
-)
-from openpi_client import msgpack_numpy  # noqa: E402
-from openpi_client.websocket_client_policy import WebsocketClientPolicy  # noqa: E402
 
 STATE = np.array([3.5, 120.0, 80.0, -10.0, 5.0, 30.0])
 TASK = "pick up the cube"

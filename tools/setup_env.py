@@ -179,6 +179,9 @@ def plan(machine: Machine, torch_override: str, extras: list[str]) -> Plan:
     return out
 
 
+OPENPI_CLIENT = "openpi-client==0.1.2"
+
+
 def commands(plan: Plan, python: str, venv: str) -> list[list[str]]:
     py = str(Path(venv) / "bin" / "python")
     constraints = str(Path(venv) / "constraints.txt")
@@ -189,6 +192,10 @@ def commands(plan: Plan, python: str, venv: str) -> list[list[str]]:
         out.append([py, "-m", "pip", "install", "-q", "-c", constraints, plan.torch])
     extras = f"[{','.join(plan.extras)}]" if plan.extras else ""
     out.append([py, "-m", "pip", "install", "-q", "-c", constraints, "-e", f".{extras}"])
+    if "dev" in plan.extras:
+        # openpi's real client for the serving tests: it pins numpy<2 but runs on numpy 2, so without its
+        # pins (its other requirements come with the dev and serve extras).
+        out.append([py, "-m", "pip", "install", "-q", "--no-deps", OPENPI_CLIENT])
     return out
 
 
