@@ -5,6 +5,7 @@ every other file, so a changed golden file is refused like a changed graph."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from rynn_edge.export import accuracy
 from rynn_edge.export.accuracy import Reference
-from rynn_edge.runtime.backends.artifact import Artifact
+from rynn_edge.runtime.backends.artifact import MANIFEST, REEXPORT, Artifact
 from rynn_edge.runtime.errors import UserError
 
 FOLDER = "golden"
@@ -38,18 +39,88 @@ def save(out: Path, references: list[Reference]) -> list[str]:
     return written
 
 
-def load(folder: Path, names: list[str]) -> list[Reference]:
-    references = []
-    for name in names:
-        with np.load(folder / name) as z:
-            vq = {
-                int(k[2:].removesuffix("_pixels")): (z[k], z[k.replace("_pixels", "_codes")])
-                for k in z.files
-                if k.endswith("_pixels")
-            }
-            references.append(
-                Reference(vq, z["ids"].tolist(), z["hidden"], z["actions"], z["tokens"].tolist())
+def names(artifact: Artifact) -> list[str]:
+    """The manifest's golden files, each one of its hashed files under golden/ (so verified, and inside)."""
+    listed = artifact.manifest.get("golden")
+    if not listed:
+        raise UserError(
+            f"{artifact.path}: no golden vectors in this artifact; re-export it with this rynn-edge"
+        )
+    if not isinstance(listed, list) or not all(isinstance(name, str) for name in listed):
+        raise UserError(f"{artifact.path / MANIFEST}: 'golden' is not a list of file names. {REEXPORT}")
+    unhashed = [n for n in listed if n not in artifact.manifest["files"] or not n.startswith(f"{FOLDER}/")]
+    if unhashed:
+        raise UserError(
+            f"{artifact.path}: golden file(s) {', '.join(unhashed)} listed in the manifest but not among its "
+            f"hashed files under {FOLDER}/; the artifact is damaged. {REEXPORT}"
+        )
+    return listed
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a golden .npz, never unpickling anything."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: not a golden .npz ({err}). {REEXPORT}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise UserError(f"{path}: a single array, not a golden .npz. {REEXPORT}")
+    with loaded:
+        try:
+            return {key: loaded[key] for key in loaded.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise UserError(f"{path}: refused, {err}. {REEXPORT}") from None
+
+
+def _check(path: Path, arrays: dict[str, np.ndarray], model: dict[str, Any]) -> None:
+    """Kinds and shapes against the artifact's model, so a damaged file never reaches a graph."""
+    seq = len(arrays["ids"]) if "ids" in arrays else 0
+    expected = {
+        "ids": ("iu", (seq,)),
+        "tokens": ("iu", None),
+        "hidden": ("f", (seq, model["hidden_size"])),
+        "actions": ("f", (model["time_horizon"], model["action_dim"])),
+    }
+    for key in arrays:
+        if key.endswith("_pixels") or key.endswith("_codes"):
+            expected[key] = ("f", None) if key.endswith("_pixels") else ("iu", None)
+    for key, (kinds, shape) in expected.items():
+        array = arrays.get(key)
+        if array is None:
+            raise UserError(f"{path}: no {key!r} array. {REEXPORT}")
+        if array.dtype.kind not in kinds or (shape is not None and array.shape != shape):
+            raise UserError(
+                f"{path}: {key!r} is {array.dtype} {list(array.shape)}, expected {shape}. {REEXPORT}"
             )
+    ids = np.concatenate([arrays["ids"], arrays["tokens"].reshape(-1)])
+    if ids.size and (ids.min() < 0 or ids.max() >= model["vocab_size"]):
+        raise UserError(f"{path}: token ids outside the vocabulary 0..{model['vocab_size'] - 1}. {REEXPORT}")
+    for key in arrays:
+        if key.endswith("_pixels"):
+            size, codes = key[2:].removesuffix("_pixels"), arrays.get(key.replace("_pixels", "_codes"))
+            pixels = arrays[key]
+            if not size.isdigit() or pixels.shape[1:] != (3, int(size), int(size)):
+                raise UserError(
+                    f"{path}: {key!r} is {list(pixels.shape)}, expected [N, 3, size, size]. {REEXPORT}"
+                )
+            if codes is None or codes.ndim != 2 or len(codes) != len(pixels):
+                raise UserError(
+                    f"{path}: {key!r} has no matching {key.replace('_pixels', '_codes')!r}. {REEXPORT}"
+                )
+
+
+def load(artifact: Artifact, listed: list[str]) -> list[Reference]:
+    references = []
+    for name in listed:
+        path = artifact.path / name
+        z = _arrays(path)
+        _check(path, z, artifact.model)
+        vq = {
+            int(k[2:].removesuffix("_pixels")): (z[k], z[k.replace("_pixels", "_codes")])
+            for k in z
+            if k.endswith("_pixels")
+        }
+        references.append(Reference(vq, z["ids"].tolist(), z["hidden"], z["actions"], z["tokens"].tolist()))
     return references
 
 
@@ -70,10 +141,7 @@ def verify(folder: Path, backend: str = "onnxruntime") -> dict[str, Any]:
 
         require_cuda()
     artifact = Artifact.open(folder, check_device=backend == "tensorrt")
-    names = artifact.manifest.get("golden")
-    if not names:
-        raise UserError(f"{folder}: no golden vectors in this artifact; re-export it with this rynn-edge")
-    references = load(artifact.path, names)
+    references = load(artifact, names(artifact))
     if backend == "tensorrt":
         missing = [n for n, e in artifact.stages().items() if "engine" not in e]
         if missing:
