@@ -125,10 +125,10 @@ def _state(value: Any, where: str, key: str, body: Embodiment) -> np.ndarray:
     return state
 
 
-def _views(count: int, where: str, body: Embodiment, what: str = "images") -> None:
+def _views(count: int, where: str, what: str, body: Embodiment) -> None:
     if count not in body.image_counts:
         want = " or ".join(map(str, body.image_counts))
-        raise UserError(f"{where}: {count} {what}; {body.name} queries take {want} views, in prompt order")
+        raise UserError(f"{where}: {what}; {body.name} queries take {want} views, in prompt order")
 
 
 def _image(path: Path, where: str) -> Image.Image:
@@ -152,7 +152,7 @@ def _images(value: Any, where: str, folder: Path, body: Embodiment) -> list[Imag
         raise UserError(
             f'{where}: "images"[{bad}] is {_kind(value[bad])}; expected a path (relative to {folder})'
         )
-    _views(len(value), where, body)
+    _views(len(value), where, f'"images" has {len(value)} paths', body)
     return [_image(folder / p, where) for p in value]
 
 
@@ -189,7 +189,7 @@ def load_folder(folder: Path, body: Embodiment) -> list[Sample]:
         cameras = sorted(p for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
         if not cameras:
             raise UserError(f"{images}: no camera folders for the episode frames")
-        _views(len(cameras), str(images), body, "camera folders")
+        _views(len(cameras), str(images), f"{len(cameras)} camera folders", body)
         samples = []
         for where, row in tqdm(_rows(folder / "episode.jsonl"), desc="episode frames", disable=None):
             index = _frame_index(row, where)
