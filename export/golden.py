@@ -18,6 +18,8 @@ from rynn_edge.runtime.errors import UserError
 
 FOLDER = "golden"
 QUERIES = 2  # per artifact: the hidden states of a 7B prompt are ~10 MB each
+ARRAYS = {"ids": ("iu", 1), "tokens": ("iu", 1), "hidden": ("f", 2), "actions": ("f", 2)}  # kinds, ndim
+ARRAY_KINDS = {"iu": "integer", "f": "float"}
 
 
 def save(out: Path, references: list[Reference]) -> list[str]:
@@ -72,41 +74,38 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
             raise UserError(f"{path}: refused, {err}. {REEXPORT}") from None
 
 
-def _check(path: Path, arrays: dict[str, np.ndarray], model: dict[str, Any]) -> None:
+def _check(path: Path, z: dict[str, np.ndarray], model: dict[str, Any]) -> None:
     """Kinds and shapes against the artifact's model, so a damaged file never reaches a graph."""
-    seq = len(arrays["ids"]) if "ids" in arrays else 0
-    expected = {
-        "ids": ("iu", (seq,)),
-        "tokens": ("iu", None),
-        "hidden": ("f", (seq, model["hidden_size"])),
-        "actions": ("f", (model["time_horizon"], model["action_dim"])),
+
+    def refuse(problem: str) -> None:
+        raise UserError(f"{path}: {problem}. {REEXPORT}")
+
+    for key, (kinds, ndim) in ARRAYS.items():
+        if key not in z:
+            refuse(f"no {key!r} array")
+        if z[key].dtype.kind not in kinds or z[key].ndim != ndim:
+            refuse(f"{key!r} is {z[key].dtype} {z[key].ndim}-D, expected {ARRAY_KINDS[kinds]} {ndim}-D")
+    shapes = {
+        "hidden": (len(z["ids"]), model["hidden_size"]),
+        "actions": (model["time_horizon"], model["action_dim"]),
     }
-    for key in arrays:
-        if key.endswith("_pixels") or key.endswith("_codes"):
-            expected[key] = ("f", None) if key.endswith("_pixels") else ("iu", None)
-    for key, (kinds, shape) in expected.items():
-        array = arrays.get(key)
-        if array is None:
-            raise UserError(f"{path}: no {key!r} array. {REEXPORT}")
-        if array.dtype.kind not in kinds or (shape is not None and array.shape != shape):
-            raise UserError(
-                f"{path}: {key!r} is {array.dtype} {list(array.shape)}, expected {shape}. {REEXPORT}"
-            )
-    ids = np.concatenate([arrays["ids"], arrays["tokens"].reshape(-1)])
+    for key, shape in shapes.items():
+        if z[key].shape != shape:
+            refuse(f"{key!r} is {list(z[key].shape)}, this model's are {list(shape)}")
+    ids = np.concatenate([z["ids"], z["tokens"]])
     if ids.size and (ids.min() < 0 or ids.max() >= model["vocab_size"]):
-        raise UserError(f"{path}: token ids outside the vocabulary 0..{model['vocab_size'] - 1}. {REEXPORT}")
-    for key in arrays:
-        if key.endswith("_pixels"):
-            size, codes = key[2:].removesuffix("_pixels"), arrays.get(key.replace("_pixels", "_codes"))
-            pixels = arrays[key]
-            if not size.isdigit() or pixels.shape[1:] != (3, int(size), int(size)):
-                raise UserError(
-                    f"{path}: {key!r} is {list(pixels.shape)}, expected [N, 3, size, size]. {REEXPORT}"
-                )
-            if codes is None or codes.ndim != 2 or len(codes) != len(pixels):
-                raise UserError(
-                    f"{path}: {key!r} has no matching {key.replace('_pixels', '_codes')!r}. {REEXPORT}"
-                )
+        refuse(f"token ids outside the vocabulary 0..{model['vocab_size'] - 1}")
+    for key in (k for k in z if k.endswith("_pixels")):
+        size, codes = key[2:].removesuffix("_pixels"), key.replace("_pixels", "_codes")
+        if not size.isdigit() or z[key].shape[1:] != (3, int(size), int(size)) or z[key].dtype.kind != "f":
+            refuse(f"{key!r} is {z[key].dtype} {list(z[key].shape)}, expected float [N, 3, {size}, {size}]")
+        if (
+            codes not in z
+            or z[codes].ndim != 2
+            or len(z[codes]) != len(z[key])
+            or z[codes].dtype.kind not in "iu"
+        ):
+            refuse(f"{key!r} has no matching {codes!r} (integer [N, codes])")
 
 
 def load(artifact: Artifact, listed: list[str]) -> list[Reference]:
