@@ -61,13 +61,13 @@ def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text ({err}); expected JSON Lines") from None
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:
             raise UserError(f"{where}: not valid JSON ({err})") from None
         if not isinstance(row, dict):
             raise UserError(f"{where}: expected a JSON object {{...}} per line, got {_kind(row)}")
@@ -88,14 +88,8 @@ def _field(row: dict[str, Any], where: str, *keys: str) -> Any:
 def _joint_state(value: dict[str, Any], where: str, key: str) -> list[Any]:
     """LeRobot's observation dict {"shoulder_pan.pos": ...} -> values in SO100 joint order, when its keys
     are exactly the six joints (with or without ".pos")."""
-    joints = {}
-    for name in value:
-        joint = name.removesuffix(".pos")
-        if joint not in so100.MOTORS or joint in joints:
-            joints = None
-            break
-        joints[joint] = value[name]
-    if joints is None or len(joints) != len(so100.MOTORS):
+    joints = {name.removesuffix(".pos"): v for name, v in value.items()}
+    if len(joints) != len(value) or set(joints) != set(so100.MOTORS):
         expected = ", ".join(f"{m}.pos" for m in so100.MOTORS)
         raise UserError(
             f'{where}: "{key}" has keys {", ".join(value) or "(none)"}; an object state needs exactly the '

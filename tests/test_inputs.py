@@ -6,6 +6,7 @@ imagine / vq decode outputs and views, verify's golden files, run --camera sourc
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import pickle
@@ -104,8 +105,9 @@ def test_damaged_calibration_rows_name_file_line_and_key(capsys, so100_bundle, f
         (b"", "no samples"),
         (b"\n  \n", "no samples"),
         (b'{"images": ["a.png"], "state": [1,\n', "samples.jsonl:1: not valid JSON"),
+        (b"\n" + b"[" * 100_000 + b"\n", "samples.jsonl:2: not valid JSON"),
     ],
-    ids=["gzip", "binary", "empty", "blank", "truncated"],
+    ids=["gzip", "binary", "empty", "blank", "truncated", "deeply-nested"],
 )
 def test_damaged_calibration_files_are_named(capsys, so100_bundle, tmp_path, content, needle):
     (tmp_path / "calib").mkdir()
@@ -287,8 +289,6 @@ def _rehash(art: Path, **changes: Any) -> None:
 
 
 def _npz(**arrays: Any) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -344,8 +344,6 @@ def _damaged_goldens(art: Path) -> Iterator[tuple[str, Any, str]]:
 
 
 def _npz_single(array: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, array)
     return buf.getvalue()
