@@ -5,6 +5,7 @@ every other file, so a changed golden file is refused like a changed graph."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,13 @@ import numpy as np
 
 from rynn_edge.export import accuracy
 from rynn_edge.export.accuracy import Reference
-from rynn_edge.runtime.backends.artifact import Artifact
+from rynn_edge.runtime.backends.artifact import MANIFEST, REEXPORT, Artifact
 from rynn_edge.runtime.errors import UserError
 
 FOLDER = "golden"
 QUERIES = 2  # per artifact: the hidden states of a 7B prompt are ~10 MB each
+ARRAYS = {"ids": ("iu", 1), "tokens": ("iu", 1), "hidden": ("f", 2), "actions": ("f", 2)}  # kinds, ndim
+ARRAY_KINDS = {"iu": "integer", "f": "float"}
 
 
 def save(out: Path, references: list[Reference]) -> list[str]:
@@ -38,18 +41,85 @@ def save(out: Path, references: list[Reference]) -> list[str]:
     return written
 
 
-def load(folder: Path, names: list[str]) -> list[Reference]:
+def names(artifact: Artifact) -> list[str]:
+    """The manifest's golden files, each one of its hashed files under golden/ (so verified, and inside)."""
+    listed = artifact.manifest.get("golden")
+    if not listed:
+        raise UserError(
+            f"{artifact.path}: no golden vectors in this artifact; re-export it with this rynn-edge"
+        )
+    if not isinstance(listed, list) or not all(isinstance(name, str) for name in listed):
+        raise UserError(f"{artifact.path / MANIFEST}: 'golden' is not a list of file names. {REEXPORT}")
+    unhashed = [n for n in listed if n not in artifact.manifest["files"] or not n.startswith(f"{FOLDER}/")]
+    if unhashed:
+        raise UserError(
+            f"{artifact.path}: golden file(s) {', '.join(unhashed)} listed in the manifest but not among its "
+            f"hashed files under {FOLDER}/; the artifact is damaged. {REEXPORT}"
+        )
+    return listed
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a golden .npz, never unpickling anything."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: not a golden .npz ({err}). {REEXPORT}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise UserError(f"{path}: a single array, not a golden .npz. {REEXPORT}")
+    with loaded:
+        try:
+            return {key: loaded[key] for key in loaded.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise UserError(f"{path}: refused, {err}. {REEXPORT}") from None
+
+
+def _check(path: Path, z: dict[str, np.ndarray], model: dict[str, Any]) -> None:
+    """Kinds and shapes against the artifact's model, so a damaged file never reaches a graph."""
+
+    def refuse(problem: str) -> None:
+        raise UserError(f"{path}: {problem}. {REEXPORT}")
+
+    for key, (kinds, ndim) in ARRAYS.items():
+        if key not in z:
+            refuse(f"no {key!r} array")
+        if z[key].dtype.kind not in kinds or z[key].ndim != ndim:
+            refuse(f"{key!r} is {z[key].dtype} {z[key].ndim}-D, expected {ARRAY_KINDS[kinds]} {ndim}-D")
+    shapes = {
+        "hidden": (len(z["ids"]), model["hidden_size"]),
+        "actions": (model["time_horizon"], model["action_dim"]),
+    }
+    for key, shape in shapes.items():
+        if z[key].shape != shape:
+            refuse(f"{key!r} is {list(z[key].shape)}, this model's are {list(shape)}")
+    ids = np.concatenate([z["ids"], z["tokens"]])
+    if ids.size and (ids.min() < 0 or ids.max() >= model["vocab_size"]):
+        refuse(f"token ids outside the vocabulary 0..{model['vocab_size'] - 1}")
+    for key in (k for k in z if k.endswith("_pixels")):
+        size, codes = key[2:].removesuffix("_pixels"), key.replace("_pixels", "_codes")
+        if not size.isdigit() or z[key].shape[1:] != (3, int(size), int(size)) or z[key].dtype.kind != "f":
+            refuse(f"{key!r} is {z[key].dtype} {list(z[key].shape)}, expected float [N, 3, {size}, {size}]")
+        if (
+            codes not in z
+            or z[codes].ndim != 2
+            or len(z[codes]) != len(z[key])
+            or z[codes].dtype.kind not in "iu"
+        ):
+            refuse(f"{key!r} has no matching {codes!r} (integer [N, codes])")
+
+
+def load(artifact: Artifact, listed: list[str]) -> list[Reference]:
     references = []
-    for name in names:
-        with np.load(folder / name) as z:
-            vq = {
-                int(k[2:].removesuffix("_pixels")): (z[k], z[k.replace("_pixels", "_codes")])
-                for k in z.files
-                if k.endswith("_pixels")
-            }
-            references.append(
-                Reference(vq, z["ids"].tolist(), z["hidden"], z["actions"], z["tokens"].tolist())
-            )
+    for name in listed:
+        path = artifact.path / name
+        z = _arrays(path)
+        _check(path, z, artifact.model)
+        vq = {
+            int(k[2:].removesuffix("_pixels")): (z[k], z[k.replace("_pixels", "_codes")])
+            for k in z
+            if k.endswith("_pixels")
+        }
+        references.append(Reference(vq, z["ids"].tolist(), z["hidden"], z["actions"], z["tokens"].tolist()))
     return references
 
 
@@ -70,10 +140,7 @@ def verify(folder: Path, backend: str = "onnxruntime") -> dict[str, Any]:
 
         require_cuda()
     artifact = Artifact.open(folder, check_device=backend == "tensorrt")
-    names = artifact.manifest.get("golden")
-    if not names:
-        raise UserError(f"{folder}: no golden vectors in this artifact; re-export it with this rynn-edge")
-    references = load(artifact.path, names)
+    references = load(artifact, names(artifact))
     if backend == "tensorrt":
         missing = [n for n, e in artifact.stages().items() if "engine" not in e]
         if missing:

@@ -408,7 +408,7 @@ def _export(opts: Options) -> tuple[dict[str, Any], list[str]]:
         raise UserError("prefill and decode must share one quantization scheme (they share the weights)")
     stats = load_stats(opts.stats or robot)
     if opts.calibration_data is not None:
-        samples = calibration.load_folder(opts.calibration_data)
+        samples = calibration.load_folder(opts.calibration_data, body)
         source = str(opts.calibration_data)
     else:
         samples = calibration.synthetic(stats, body.image_counts[0])

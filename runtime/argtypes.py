@@ -172,3 +172,35 @@ def output_file(text: str) -> Path:
     if blocking is not None:
         raise argparse.ArgumentTypeError(f"{path}: {blocking} is a file, not a folder")
     return path
+
+
+def output_image(text: str) -> Path:
+    """`type=` for a picture to write: an `output_file` whose suffix Pillow writes an RGB image as, checked
+    at parse time (with a 1x1 trial save), before any work whose result it would hold."""
+    import io
+
+    from PIL import Image
+
+    path = output_file(text)
+    Image.init()
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    try:
+        if image_format is None:
+            raise ValueError
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), image_format)
+    except (ValueError, OSError, KeyError):
+        raise argparse.ArgumentTypeError(
+            f"{path}: Pillow cannot write an RGB image as {path.suffix or '(no suffix)'}; name it .png "
+            "(or .jpg, .webp, .bmp, .tiff)"
+        ) from None
+    return path
+
+
+_DEVICE = re.compile(r"cpu|cuda(?::\d+)?")
+
+
+def torch_device(text: str) -> str:
+    """`type=` for --device: cpu, cuda or cuda:N (whether that GPU exists is checked once torch is loaded)."""
+    if not _DEVICE.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text.strip()

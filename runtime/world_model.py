@@ -25,6 +25,7 @@ from rynn_edge.runtime.tokens.stats import load_stats
 from rynn_edge.runtime.tokens.text import WORLD_MODEL_EVAL_SENTENCE, WORLD_MODEL_TRAIN_SENTENCE
 
 SENTENCES = {"libero": WORLD_MODEL_EVAL_SENTENCE, "lerobot": WORLD_MODEL_TRAIN_SENTENCE}
+WORLD_MODEL_VIEWS = (1, 2)  # the current frame: one view, or front and wrist
 # Reference world-model decoding cap (max_new_tokens 3000).
 UNCONSTRAINED_MAX_NEW_TOKENS = 3000
 
@@ -36,6 +37,11 @@ class Imagined:
     generated_tokens: list[int]
     images: np.ndarray  # uint8 [N, H, W, 3], the well-formed generated images decoded; N may be 0
     problems: list[str]  # one line per malformed generated image (only an unconstrained decode has any)
+
+
+def check_views(count: int) -> None:
+    if count not in WORLD_MODEL_VIEWS:
+        raise UserError(f"a world-model query takes one or two views (front [, wrist]), got {count}")
 
 
 def default_sentence(robot: str) -> str:
@@ -62,6 +68,7 @@ def imagine(
     sentence = sentence or default_sentence(predictor.robot)
     if sentence not in SENTENCES:
         raise UserError(f"world-model sentence {sentence!r}: use {' or '.join(SENTENCES)}")
+    check_views(len(images))
     size = image_size or default_image_size(sentence)
     action = np.asarray(action, dtype=np.float64).reshape(-1)
     if hasattr(predictor.backend, "imagine"):  # the server holds the world-model stats and runs it all

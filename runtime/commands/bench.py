@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rynn_edge.runtime.argtypes import NumberList, non_negative, positive
+from rynn_edge.runtime.commands.run import LOOP_RATE
 from rynn_edge.runtime.errors import UserError
 
 BACKENDS = ("torch", "cuda", "onnxruntime", "tensorrt", "triton")
@@ -87,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--action-rate", type=positive(float), default=30.0, help="actions per second on the arm (30)"
     )
     parser.add_argument(
-        "--loop-rate", type=float, default=100.0, help="servo loop rate of the closed-loop columns (100)"
+        "--loop-rate", type=LOOP_RATE, default=100.0, help="servo loop rate of the closed-loop columns (100)"
     )
     parser.add_argument(
         "--weights",
@@ -116,17 +117,46 @@ def _spec(text: str, args: argparse.Namespace) -> tuple[str, str | None, Path, s
     return backend, precision or None, Path(path) if path else args.model, None
 
 
+def _model_table(model: Path) -> dict[str, Any]:
+    """The model's configuration: a checkpoint's (or artifact's) config.json, else an artifact manifest's
+    model table; {} for a served model named by its name."""
+    for name in ("config.json", "manifest.json"):
+        path = model / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text())
+            table = data["model"] if name == "manifest.json" else data
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise UserError(f"{path}: cannot read the model configuration ({err!r})") from None
+        if not isinstance(table, dict):
+            raise UserError(f"{path}: the model configuration is not a JSON object")
+        return table
+    return {}
+
+
 def _weights_label(model: Path, choice: str, hidden: int = 0) -> str:
     """`hidden`: the hidden size where it is known without the files (a served model states it)."""
     if choice != "auto":
         return choice
-    config = model / "config.json"
-    if not hidden:
-        hidden = json.loads(config.read_text()).get("hidden_size", 0) if config.is_file() else 0
-    if not hidden:
-        manifest = model / "manifest.json"
-        hidden = json.loads(manifest.read_text())["model"]["hidden_size"] if manifest.is_file() else 0
+    hidden = hidden or _model_table(model).get("hidden_size", 0)
     return "random" if hidden < 4096 else "real"
+
+
+def _check_chunk_lengths(lengths: list[int], runner: Any, model: Path) -> None:
+    """Every T must fit the model's positions as a discrete chunk (prompt + T blocks of A values and two
+    markers); that is also the sane ceiling of a continuous head. Checked before anything is timed."""
+    positions = _model_table(model).get("max_position_embeddings")
+    if not positions:  # a served model named by its name: only its own T runs, the others are skipped
+        return
+    per_action = runner.action_dim + 2
+    longest = (int(positions) - len(runner.prompt_ids)) // per_action
+    too_long = [t for t in lengths if t > longest]
+    if too_long:
+        raise UserError(
+            f"--chunk-lengths {too_long[0]}: at most {longest} for this model (max_position_embeddings "
+            f"{positions} - a {len(runner.prompt_ids)}-token prompt, {per_action} tokens per action)"
+        )
 
 
 def _runner(backend: str, precision: str | None, model: Path, server: str | None, args: argparse.Namespace):
@@ -165,6 +195,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     for backend, precision, model, server in specs:
         backend = backend or ("onnxruntime" if (model / "manifest.json").is_file() else "torch")
         runner = _runner(backend, precision, model, server, args)
+        _check_chunk_lengths(args.chunk_lengths, runner, model)
         for mode in args.modes:
             for t in args.chunk_lengths:
                 row: dict[str, Any] = {
@@ -274,9 +305,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rynn_edge.runtime.bench import timing as B
+    from rynn_edge.runtime.commands.measure_args import check_device
 
-    if args.runs < 1 or args.warmup < 0:
-        raise UserError("--runs must be >= 1 and --warmup >= 0")
+    check_device(args.device)
     B.set_threads(args.threads)
     result = sweep(args)
     drawn = None if args.no_plot else (lambda path: plot(result, path))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from rynn_edge.runtime.argtypes import NumberList, output_file, positive
+from rynn_edge.runtime.argtypes import NumberList, output_image, positive
 from rynn_edge.runtime.commands.predict import add_model_arguments, load_images, open_predictor
 
 
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="world-model sentence: the LIBERO eval one or the LeRobot training one (default: by robot)",
     )
     parser.add_argument(
-        "--out", type=output_file, required=True, help="output PNG (several images: side by side)"
+        "--out", type=output_image, required=True, help="output PNG (several images: side by side)"
     )
     parser.add_argument("--max-new-tokens", type=positive(int), default=None, help="cap on generated tokens")
     parser.add_argument(
@@ -40,12 +40,14 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from rynn_edge.runtime.world_model import imagine
+    from rynn_edge.runtime.world_model import check_views, imagine
 
+    images = load_images(args.image)
+    check_views(len(images))
     predictor = open_predictor(args, default_size=256)
     imagined = imagine(
         predictor,
-        load_images(args.image),
+        images,
         args.action,
         sentence=args.prompt,
         image_size=args.image_size,

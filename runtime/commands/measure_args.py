@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rynn_edge.runtime.argtypes import output_folder, positive
+from rynn_edge.runtime.argtypes import output_folder, positive, torch_device
+from rynn_edge.runtime.errors import UserError
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, out: str) -> None:
@@ -15,7 +16,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     )
     parser.add_argument("--tokenizer", type=Path, help="HF tokenizer folder (raw checkpoints)")
     parser.add_argument("--vq", type=Path, help="VQGAN folder (raw checkpoints)")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--device", type=torch_device, default="cpu", help="torch device: cpu, cuda or cuda:N (default cpu)"
+    )
     parser.add_argument(
         "--threads", type=positive(int), default=None, help="torch CPU threads (default: torch's)"
     )
@@ -24,8 +27,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, out: str) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
-def set_threads(args: argparse.Namespace) -> None:
-    if args.threads:
-        import torch
+def check_device(device: str) -> None:
+    """Before any model is loaded: --device names a device this machine's torch can use."""
+    import torch
 
-        torch.set_num_threads(args.threads)
+    if device == "cpu":
+        return
+    if not torch.cuda.is_available():
+        raise UserError(
+            f"--device {device}: no CUDA device is usable here (torch {torch.__version__}, CUDA build: "
+            f"{torch.version.cuda or 'no'}); use --device cpu"
+        )
+    count = torch.cuda.device_count()
+    if (torch.device(device).index or 0) >= count:
+        raise UserError(
+            f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        )

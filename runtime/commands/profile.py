@@ -12,7 +12,6 @@ from typing import Any
 
 from rynn_edge.runtime.argtypes import positive
 from rynn_edge.runtime.backends.artifact import STAGES
-from rynn_edge.runtime.errors import UserError
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 COLUMNS = (
@@ -120,9 +119,9 @@ def plot(result: dict[str, Any], path: Path, top: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rynn_edge.runtime.bench import timing as B
+    from rynn_edge.runtime.commands.measure_args import check_device
 
-    if args.runs < 1 or args.top < 1:
-        raise UserError("--runs and --top must be >= 1")
+    check_device(args.device)
     B.set_threads(args.threads)
     result = profile(args)
     rows = [r for s in result["stages"] for r in s["rows"]]

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rynn_edge.runtime.argtypes import output_file
+from rynn_edge.runtime.argtypes import output_image
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     enc.add_argument("--json", action="store_true", help='print {"codes", "grid", "size"} as JSON')
     dec = sub.add_parser("decode", help="VQ codes or image tokens -> PNG")
     dec.add_argument("codes", type=Path, help="JSON file: code grid or image token list")
-    dec.add_argument("-o", "--output", type=output_file, required=True, help="output image (PNG)")
+    dec.add_argument("-o", "--output", type=output_image, required=True, help="output image (PNG)")
     for action in (enc, dec):
         action.add_argument("--vq", type=Path, required=True, help="folder with vqgan.yaml and vqgan.ckpt")
         action.add_argument(

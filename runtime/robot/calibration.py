@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,16 +43,14 @@ class MotorCalibration:
 def load_calibration(path: str | Path, names: Sequence[str]) -> dict[str, MotorCalibration]:
     """Read a LeRobot calibration JSON; every motor in `names` must be present and valid."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(
-            f"calibration file {path} does not exist; record one with `rynn-edge calibrate`"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"calibration file {path} is not valid JSON: {err}") from None
+    data = _read_json(path)
     if not isinstance(data, dict):
         raise UserError(f"calibration file {path}: expected an object of motor name -> calibration")
+    if "motor_names" in data:
+        raise UserError(
+            f"calibration file {path} is in the older LeRobot layout (one list per field); record a new "
+            "one with `rynn-edge calibrate`"
+        )
     missing = [name for name in names if name not in data]
     if missing:
         raise UserError(f"calibration file {path} has no entry for motor(s) {', '.join(missing)}")
@@ -96,6 +95,34 @@ def load_calibration(path: str | Path, names: Sequence[str]) -> dict[str, MotorC
             )
         calib[name] = cal
     return calib
+
+
+def _read_json(path: Path) -> Any:
+    if path.is_dir():
+        # LeRobot's calibration root holds robots/<type>/<id>.json: three levels, never a deep walk.
+        found = sorted(
+            str(p.relative_to(path)) for depth in ("", "*/", "*/*/") for p in path.glob(f"{depth}*.json")
+        )
+        found = found[:5]
+        hint = f"; it holds {', '.join(found)}" if found else ""
+        raise UserError(
+            f"calibration {path} is a folder; pass the arm's JSON file (LeRobot keeps one per arm, "
+            f"e.g. robots/so100_follower/<id>.json){hint}"
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(
+            f"calibration file {path} does not exist; record one with `rynn-edge calibrate`"
+        ) from None
+    except OSError as err:
+        raise UserError(f"calibration file {path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(
+            f"calibration file {path} is not text (binary data); expected LeRobot's JSON"
+        ) from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise UserError(f"calibration file {path} is not valid JSON: {err}") from None
 
 
 def save_calibration(path: str | Path, calib: dict[str, MotorCalibration]) -> None:

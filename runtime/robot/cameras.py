@@ -78,12 +78,11 @@ class Camera:
         if kind == "synthetic":
             self._dead_after_s = _synthetic_seconds(self.name, self.source)
             return
+        _check_exists(self.name, self.source)
         cv2 = _opencv(self.name)
 
         target: int | str = int(self.source) if self.source.isdigit() else self.source
-        looks_like_file = Path(self.source).suffix.lower() in VIDEO_SUFFIXES
-        if looks_like_file and not Path(self.source).is_file():
-            raise UserError(f"camera {self.name}: video file {self.source} does not exist")
+        looks_like_file = _is_video_file(self.source)
         self._cap = cv2.VideoCapture(target)
         if not self._cap.isOpened():
             raise UserError(
@@ -193,9 +192,22 @@ def parse_camera_specs(specs: list[str]) -> list[tuple[str, str]]:
         if kind == "synthetic":
             _synthetic_seconds(name, source)
         elif kind != "sim":
+            _check_exists(name, source)
             _opencv(name)
         out.append((name, source))
     return out
+
+
+def _is_video_file(source: str) -> bool:
+    return "://" not in source and Path(source).suffix.lower() in VIDEO_SUFFIXES
+
+
+def _check_exists(name: str, source: str) -> None:
+    """A video file or device path that is not there is named first (before any need for OpenCV)."""
+    if _is_video_file(source) and not Path(source).is_file():
+        raise UserError(f"camera {name}: video file {source} does not exist")
+    if source.startswith("/dev/") and not Path(source).exists():
+        raise UserError(f"camera {name}: device {source} does not exist (is the camera plugged in?)")
 
 
 def _synthetic_seconds(name: str, source: str) -> float | None:
