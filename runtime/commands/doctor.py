@@ -64,7 +64,7 @@ def rows(args: argparse.Namespace) -> list:
 
     # Refuse bad input before probing anything.
     size = _camera_size(args.camera_size)
-    cameras = parse_camera_specs(args.camera)
+    cameras = parse_camera_specs(args.camera, check_sources=False)
     calibration = load_calibration(args.calibration, list(so100.MOTORS)) if args.calibration else None
     artifacts = [Artifact.read(path) for path in args.artifacts]
 

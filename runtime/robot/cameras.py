@@ -179,8 +179,9 @@ class Camera:
         self._thread.join(timeout=2.0)
 
 
-def parse_camera_specs(specs: list[str]) -> list[tuple[str, str]]:
-    """`NAME=SOURCE` strings -> [(name, source)], in the order given (= prompt order)."""
+def parse_camera_specs(specs: list[str], check_sources: bool = True) -> list[tuple[str, str]]:
+    """`NAME=SOURCE` strings -> [(name, source)], in the order given (= prompt order). With
+    `check_sources` off (doctor), a missing file or device is left for the probe to report as a row."""
     out = []
     for spec in specs:
         name, sep, source = spec.partition("=")
@@ -191,7 +192,7 @@ def parse_camera_specs(specs: list[str]) -> list[tuple[str, str]]:
         kind, _, arg = source.partition(":")
         if kind == "synthetic":
             _synthetic_seconds(name, source)
-        elif kind != "sim":
+        elif kind != "sim" and check_sources:
             _check_exists(name, source)
             _opencv(name)
         out.append((name, source))
