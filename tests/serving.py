@@ -10,6 +10,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from rynn_edge.runtime.serving.triton_server import free_port
 
 READY_TIMEOUT_S = 600  # the first start in a fresh CI box also prepares the server environment
@@ -88,3 +90,12 @@ def start_robot_server(artifact: Path, *flags: str) -> RobotServer:
 def stop_robot_server(served: RobotServer) -> int:
     served.proc.terminate()
     return served.proc.wait(30)
+
+
+def expected_goals(predictor, task: str, images, state) -> np.ndarray:
+    """`predict`'s goals, inside the valid ranges a robot-protocol server keeps them in: the stats' joint
+    ranges for the body joints, 0-100 for the gripper."""
+    goals = predictor.predict(list(images), state, task).goals
+    lower = np.r_[predictor.stats.state.min[:5], 0.0]
+    upper = np.r_[predictor.stats.state.max[:5], 100.0]
+    return np.clip(goals, lower, upper)

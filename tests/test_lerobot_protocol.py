@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
-from serving import start_robot_server, stop_robot_server
+from serving import expected_goals, start_robot_server, stop_robot_server
 
 from rynn_edge.runtime.predictor import open_predictor
 from rynn_edge.runtime.robot import so100
@@ -123,14 +123,6 @@ def observation(cameras: dict, state=STATE, timestep: int = 7, damage: dict | No
     return pickles.dumps(timed)
 
 
-def expected(predictor, images, state) -> np.ndarray:
-    """`predict`'s goals, inside the valid ranges: the stats' joint ranges, gripper 0-100."""
-    goals = predictor.predict(list(images), state, TASK).goals
-    lower = np.r_[predictor.stats.state.min[:5], 0.0]
-    upper = np.r_[predictor.stats.state.max[:5], 100.0]
-    return np.clip(goals, lower, upper)
-
-
 def test_a_lerobot_client_gets_the_goals_predict_gives(served, so100_fp32, predictor, frames):
     assert "warm-up" in served.ready_line
     client = started(served, so100_fp32[0])
@@ -141,7 +133,7 @@ def test_a_lerobot_client_gets_the_goals_predict_gives(served, so100_fp32, predi
     assert np.allclose([a.timestamp for a in timed], 100.0 + np.arange(10) / 30)
     got = np.stack([a.action.numpy() for a in timed])
     assert got.dtype == np.float32
-    assert np.allclose(got, expected(predictor, (front, wrist), STATE)[:10], rtol=1e-6, atol=1e-4)
+    assert np.allclose(got, expected_goals(predictor, TASK, (front, wrist), STATE)[:10], rtol=1e-6, atol=1e-4)
 
 
 def test_two_robots_each_get_their_own_chunk_and_settings(served, so100_fp32, predictor, frames):
@@ -160,7 +152,9 @@ def test_two_robots_each_get_their_own_chunk_and_settings(served, so100_fp32, pr
         (front, wrist), state = inputs[client]
         chunk = np.stack([t.action.numpy() for t in got[client]])
         assert chunk.shape == (length, 6)
-        assert np.allclose(chunk, expected(predictor, (front, wrist), state)[:length], rtol=1e-6, atol=1e-4)
+        assert np.allclose(
+            chunk, expected_goals(predictor, TASK, (front, wrist), state)[:length], rtol=1e-6, atol=1e-4
+        )
 
 
 def test_views_are_matched_by_name_not_order(served, so100_fp32, predictor, frames):
@@ -168,7 +162,7 @@ def test_views_are_matched_by_name_not_order(served, so100_fp32, predictor, fram
     front, wrist = views(frames)
     client.send_observation(observation({"wrist": wrist, "top": front}))
     got = np.stack([t.action.numpy() for t in client.get_actions()])
-    assert np.allclose(got, expected(predictor, (front, wrist), STATE)[:10], rtol=1e-6, atol=1e-4)
+    assert np.allclose(got, expected_goals(predictor, TASK, (front, wrist), STATE)[:10], rtol=1e-6, atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -238,7 +232,7 @@ def test_a_damaged_later_observation_is_refused_and_the_session_goes_on(
         client.send_observation(observation({"front": front, "wrist": wrist}, damage={"gripper.pos": "open"}))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     got = np.stack([t.action.numpy() for t in client.get_actions()])
-    assert np.allclose(got, expected(predictor, (front, wrist), STATE)[:3], rtol=1e-6, atol=1e-4)
+    assert np.allclose(got, expected_goals(predictor, TASK, (front, wrist), STATE)[:3], rtol=1e-6, atol=1e-4)
 
 
 def test_goals_stay_inside_the_valid_ranges_and_are_counted(served, so100_fp32, predictor, frames):

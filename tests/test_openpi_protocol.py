@@ -14,7 +14,7 @@ import websockets.sync.client
 from openpi_client import msgpack_numpy
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from PIL import Image
-from serving import start_robot_server, stop_robot_server
+from serving import expected_goals, start_robot_server, stop_robot_server
 
 from rynn_edge.runtime.predictor import open_predictor
 from rynn_edge.runtime.robot import so100
@@ -39,13 +39,6 @@ def views(frames, first: int = 0, second: int = 3) -> tuple[np.ndarray, np.ndarr
     return tuple(np.asarray(Image.open(frames[i]).convert("RGB")) for i in (first, second))
 
 
-def expected(predictor, images, state) -> np.ndarray:
-    goals = predictor.predict(list(images), state, TASK).goals
-    lower = np.r_[predictor.stats.state.min[:5], 0.0]
-    upper = np.r_[predictor.stats.state.max[:5], 100.0]
-    return np.clip(goals, lower, upper)
-
-
 def test_openpi_client_gets_the_metadata_and_the_goals_predict_gives(served, so100_fp32, predictor, frames):
     client = WebsocketClientPolicy(host="127.0.0.1", port=served.port)
     meta = client.get_server_metadata()
@@ -57,7 +50,9 @@ def test_openpi_client_gets_the_metadata_and_the_goals_predict_gives(served, so1
     reply = client.infer({"images": {"wrist": wrist, "cam_high": front}, "state": STATE, "prompt": TASK})
     assert reply["actions"].dtype == np.float32
     assert reply["actions"].shape == (predictor.backend.time_horizon, 6)
-    assert np.allclose(reply["actions"], expected(predictor, (front, wrist), STATE), rtol=0, atol=1e-5)
+    assert np.allclose(
+        reply["actions"], expected_goals(predictor, TASK, (front, wrist), STATE), rtol=0, atol=1e-5
+    )
 
 
 def test_goals_stay_inside_the_valid_ranges_and_are_counted(served, predictor, frames):
@@ -100,7 +95,9 @@ def test_a_malformed_frame_is_a_clear_error_and_every_session_is_still_served(
         answer = bad.recv(timeout=30)
         assert isinstance(answer, str) and reason in answer and "Traceback" not in answer
         reply = good.infer({"images": {"front": front, "wrist": wrist}, "state": STATE, "prompt": TASK})
-        assert np.allclose(reply["actions"], expected(predictor, (front, wrist), STATE), rtol=0, atol=1e-5)
+        assert np.allclose(
+            reply["actions"], expected_goals(predictor, TASK, (front, wrist), STATE), rtol=0, atol=1e-5
+        )
         bad.send(
             msgpack_numpy.packb({"images": {"front": front, "wrist": wrist}, "state": STATE, "prompt": TASK})
         )
@@ -139,4 +136,4 @@ def test_sessions_are_served_concurrently_in_turn(served, predictor, frames):
     for thread in threads:
         thread.join(120)
     for i, images in enumerate(inputs):
-        assert np.allclose(got[i], expected(predictor, images, STATE), rtol=0, atol=1e-5)
+        assert np.allclose(got[i], expected_goals(predictor, TASK, images, STATE), rtol=0, atol=1e-5)
