@@ -7,8 +7,9 @@ scales) plus evenly spaced others. On those rows each linear is simulated quanti
 (`quantize.fake_quant`) for every candidate smoothing exponent alpha; the one with the smallest output
 error wins (SmoothQuant's alpha searched per layer, AWQ's grid search for int4); at that alpha, GPTQ
 rounding (`rynn_edge.export.gptq`) replaces round-to-nearest when it lowers the error. Its output error
-against fp32 -- RMS of the per-token relative error, worst and mean token cosine -- is its sensitivity,
-which orders the accuracy fallback and goes into the manifest.
+against fp32 -- RMS of the per-token relative error, worst and mean token cosine -- is its sensitivity;
+with what the linear costs the hidden states (`end_to_end`, run from the residual stream recorded in the
+same calibration pass), it orders the accuracy fallback and goes into the manifest.
 
 `Ranges` is the fp16 overflow guard's input: the absmax of every linear's output and every decoder
 layer's residual output on the same prompts (unrotated model).
@@ -178,6 +179,14 @@ def search(
     so the search is linear in depth. Returns the sensitivities and the plans they stand for (the graphs
     and the fallback's simulation use them)."""
     chosen = choose(backbone, calibration, scheme, method)
+    end_to_end_costs(backbone, chosen, stream)
+    return {n: s for n, (s, _) in chosen.items()}, {n: p for n, (_, p) in chosen.items()}
+
+
+def end_to_end_costs(
+    backbone: nn.Module, chosen: dict[str, tuple[Sensitivity, Plan]], stream: ResidualStream
+) -> None:
+    """Fill in each chosen linear's hidden_cosine_* (and end_to_end): the screen, then the candidates."""
     linears = backbone_linears(backbone)
     depth = len(stream.inputs)
     sensitivity = {name: s for name, (s, _) in chosen.items()}
@@ -193,7 +202,6 @@ def search(
             stream, linears[name], plan, layer_index(name), depth
         )
         s.end_to_end = True
-    return sensitivity, {n: p for n, (_, p) in chosen.items()}
 
 
 def choose(
