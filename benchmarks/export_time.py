@@ -13,7 +13,9 @@ fixed length, each phase is timed in this process:
                 fallback's bisection runs ~log2(budget) + 2 of them
 new = calibration + choose + cost (new) + attempts x gate attempt; old = calibration + choose + cost (old)
 (the old fallback also re-exported and re-measured the ONNX graphs per attempt: not counted).
-Both totals are fitted as a + b N + c N^2 (least squares, standard errors) and extrapolated to 32 layers.
+The totals are fitted as a + b N + c N^2 (least squares, standard errors, c significant when its t
+exceeds Student's 95% value) and extrapolated to 32 layers; the new total with its gate by parts
+(search + the bisection's attempt count x one attempt's fitted time).
 Per-op rates measured at the 7B's width (one decoder layer's forward per token, `choose` of one linear
 per shape and scheme) give the 7B's search time per precision.
 
@@ -41,6 +43,8 @@ from rynn_edge.runtime.tiny.bundle import write_tiny_bundle
 OUT = RESULTS / "export_time"
 FULL = {"hidden": 4096, "intermediate": 11008, "layers": 32, "heads": 32}
 SCHEMES = ("int8", "fp8", "int4")
+# Student's t, two-sided 95%, for 1..10 degrees of freedom (5 depths and 3 coefficients leave 2)
+T_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
 def full_forward_costs(
@@ -144,10 +148,12 @@ def fit(x: np.ndarray, y: np.ndarray) -> dict:
     line = np.polyfit(x, y, 1)
     line_residual = y - np.polyval(line, x)
     t = [float(c / s) if s > 0 else float("inf") for c, s in zip(coef, se, strict=True)]
+    critical = T_95[min(dof, len(T_95)) - 1]
     return {
         "a": float(coef[0]), "b": float(coef[1]), "c": float(coef[2]),
         "se": [float(s) for s in se], "t": t,
-        "quadratic_significant": abs(t[2]) > 2.0,
+        "t_critical_95": critical,
+        "quadratic_significant": abs(t[2]) > critical,
         "line": {"slope": float(line[0]), "intercept": float(line[1]),
                  "residuals_s": [round(float(r), 3) for r in line_residual],
                  "max_relative_residual": float(np.max(np.abs(line_residual) / y))},
@@ -319,14 +325,19 @@ def summary(points: list[dict], r: dict, shape: dict) -> dict:
         for k, f in fits.items()
     }
     budget = int(7 * FULL["layers"] * 0.25)
+    attempts = 2 + max(0, budget - 1).bit_length()
+    # the gate by its parts: the bisection's attempt count is known, each attempt is one pass
+    attempt = fit(x, np.array([p["gate_attempt_s"] for p in points], float))
+    at_32["new_s"] = at_32["search_new_s"] + attempts * attempt["at_32_line_s"]
     return {
-        "fits": fits,
+        "fits": fits | {"gate_attempt_s": attempt},
+        "gate_attempts_at_32": attempts,
         "at_32_s": {k: round(v, 1) for k, v in at_32.items()},
         "ratio_at_32": {
             "search_phases": round(at_32["search_new_s"] / at_32["old_s"], 4),
             "with_simulated_gate": round(at_32["new_s"] / at_32["old_s"], 4),
         },
-        "seven_b": seven_b(r, shape, 2 + max(0, budget - 1).bit_length()),
+        "seven_b": seven_b(r, shape, attempts),
     }
 
 
