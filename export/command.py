@@ -93,6 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timing-cache", type=Path, help="TensorRT timing cache to reuse (default: OUT/timing.cache)"
     )
+    parser.add_argument(
+        "--device",
+        metavar="cuda|cpu",
+        help="where calibration, the search, GPTQ and the simulated fallback gate run (default: cuda when "
+        "torch sees a GPU, else cpu); the graphs and their onnxruntime gate are the same either way",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing artifact at -o")
     parser.add_argument("--json", action="store_true", help="print the manifest's accuracy report as JSON")
 
@@ -135,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             version_compatible=args.version_compatible,
             timing_cache=args.timing_cache,
             overwrite=args.overwrite,
+            device=args.device,
         )
     )
     if args.json:

@@ -16,11 +16,14 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -29,6 +32,7 @@ from rynn_edge.export import (
     calibration,
     emulate,
     engines,
+    fallback,
     golden,
     onnx_graphs,
     quantize,
@@ -61,7 +65,9 @@ from rynn_edge.runtime.tokens.images import to_model_input
 from rynn_edge.runtime.tokens.stats import load_stats
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FLOAT_TYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": ml_dtypes.bfloat16}
 BACKBONE_STAGES = ("backbone_prefill", "backbone_decode")
+CPU = torch.device("cpu")
 MAX_FALLBACK_PCT = 25.0  # default --max-fallback: at most a quarter of the linears kept float
 
 
@@ -88,6 +94,21 @@ class Options:
     timing_cache: Path | None = None
     overwrite: bool = False
     robot: str | None = None
+    device: str | None = None  # calibration, search, GPTQ, simulated gate; None: cuda when available
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """--device: cuda (the default where torch sees a GPU) or cpu; refuses what this machine cannot run."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cuda", "cpu"):
+        raise UserError(f"--device {name}: choose cuda or cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            "--device cuda: torch sees no CUDA GPU here (a CPU-only torch build, or no driver); "
+            "pass --device cpu"
+        )
+    return torch.device(name)
 
 
 def default_precision(target: str) -> str:
@@ -165,6 +186,10 @@ class ReferenceRun:
     ranges: search.Ranges | None = None
     calibration: search.Calibration | None = None
     sensitivity: dict[str, search.Sensitivity] = field(default_factory=dict)
+    plans: dict[str, quantize.Plan] = field(default_factory=dict)
+    kept: list[str] = field(default_factory=list)  # the fallback's float linears, chosen on the simulation
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    budget: int = 0  # --max-fallback as a number of linears
     float_base: str = "fp16"  # the float type of the quantized graphs' unquantized ops
 
 
@@ -175,11 +200,11 @@ def quantized(precisions: dict[str, str]) -> dict[str, str]:
 def reference_run(
     opts: Options, cfg: ModelConfig, samples: list[calibration.Sample], precisions: dict[str, str]
 ) -> ReferenceRun:
-    """fp32 torch over every sample: held-out references and prompt lengths, then on the calibration
-    queries only the fp16 ranges and (quantized exports) the calibration statistics, on the rotated
-    backbone for --quantization outlier-safe. Raises UserError for fp16 stages that would overflow.
-    The action head is exported here, from the fp32 weights (it always runs fp32), once the fp32
-    backbone is freed."""
+    """fp32 torch over every sample: held-out references and prompt lengths (on the CPU), then on
+    --device, on the calibration queries only, the fp16 ranges and (quantized exports) the calibration
+    statistics, the search and the fallback chosen on the simulation, on the rotated backbone for
+    --quantization outlier-safe. Raises UserError for fp16 stages that would overflow. The action head
+    is exported here, from the fp32 weights (it always runs fp32), once the fp32 backbone is freed."""
 
     backend = TorchBackend(opts.model, opts.vq)
     predictor = Predictor.open(backend, opts.tokenizer, opts.vq, stats=opts.stats, image_size=256)
@@ -193,12 +218,18 @@ def reference_run(
         instructions[sample.instruction] = predictor.text.instruction_ids(sample.instruction)
         prompts[id(sample)] = (ids, codes)
 
-    def prefill(ids: list[int]) -> torch.Tensor:
-        t = torch.tensor([ids])
-        return backend.backbone.prefill(t, torch.arange(len(ids))[None], torch.ones_like(t, dtype=torch.bool))
+    device = resolve_device(opts.device)
+
+    def prefill(ids: list[int], device: torch.device = CPU) -> torch.Tensor:
+        t = torch.tensor([ids], device=device)
+        positions = torch.arange(len(ids), device=device)[None]
+        return backend.backbone.prefill(t, positions, torch.ones_like(t, dtype=torch.bool))
 
     def calibrate() -> list[torch.Tensor]:
-        return [prefill(prompts[id(sample)][0]) for sample in calib_samples]
+        return [
+            prefill(prompts[id(sample)][0], device)
+            for sample in tqdm(calib_samples, desc=f"calibration ({device.type})", disable=None)
+        ]
 
     run = ReferenceRun([], lengths, instructions, len(calib_samples))
     schemes = quantized(precisions)
@@ -217,6 +248,7 @@ def reference_run(
             run.references.append(
                 accuracy.Reference(vq, ids, hidden[0].numpy(), backend.head(hidden, valid)[0].numpy(), tokens)
             )
+        backend.backbone.to(device)
         if any(p != "fp32" for s, p in precisions.items() if s in BACKBONE_STAGES):
             run.ranges = search.Ranges.collect(backend.backbone, calibrate)
             overflow = bool(run.ranges.fp16_overflows())
@@ -225,14 +257,9 @@ def reference_run(
                 raise UserError(f"{', '.join(fp16)}: " + run.ranges.fp16_message())
             run.float_base = "bf16" if overflow else "fp16"
         if schemes:
-            if opts.quantization == "outlier-safe":
-                rotation.rotate(backend.backbone)
-            run.calibration = search.Calibration.collect(backend.backbone, calibrate)
-            scheme = next(iter(schemes.values()))
-            run.sensitivity = search.search(
-                backend.backbone, run.calibration, scheme, opts.quantization, calibrate
-            )
+            _search_and_simulate(opts, backend, run, calibrate, precisions)
     del backend.backbone  # the fp32 backbone is done: free it before the head export below
+    backend.head.cpu()
     gc.collect()
     if "action_head" in precisions:
         spec = io_spec(cfg, "action_head")
@@ -242,6 +269,39 @@ def reference_run(
             module, example, "action_head", dynamic_axes(spec), opts.out / "action_head.onnx"
         )
     return run
+
+
+def _search_and_simulate(
+    opts: Options,
+    backend: TorchBackend,
+    run: ReferenceRun,
+    calibrate: Callable[[], Any],
+    precisions: dict[str, str],
+) -> None:
+    """Calibration statistics and the residual stream in one pass, the search, then the fallback's kept
+    set chosen on the simulation (`fallback.choose_kept`) within --max-fallback."""
+    backbone = backend.backbone
+    if opts.quantization == "outlier-safe":
+        rotation.rotate(backbone)
+    recorded: dict[str, search.Calibration] = {}
+    stream = search.ResidualStream.record(
+        backbone, lambda: recorded.update(calibration=search.Calibration.collect(backbone, calibrate))
+    )
+    run.calibration = recorded["calibration"]
+    scheme = next(iter(quantized(precisions).values()))
+    run.sensitivity, run.plans = search.search(backbone, run.calibration, scheme, opts.quantization, stream)
+    del stream
+    order = search.fallback_order(run.sensitivity)
+    run.budget = int(len(order) * opts.max_fallback_pct / 100)
+    stages = set(precisions) - {"vq_encoder", "vq_decoder"}
+    head = backend.head.to(next(backbone.parameters()).device)
+    _cast_backbone(backbone, DTYPES[run.float_base])  # what the graphs compute in
+    stored = {name: plan.as_stored(FLOAT_TYPES[run.float_base]) for name, plan in run.plans.items()}
+    run.kept, run.attempts = fallback.choose_kept(
+        order,
+        run.budget,
+        lambda kept: fallback.simulate(backbone, head, run.references, stages, precisions, stored, kept),
+    )
 
 
 def export_vq(opts: Options, cfg: ModelConfig, precisions: dict[str, str]) -> list[str]:
@@ -318,14 +378,12 @@ def export_backbone(
     try:
         schemes = quantized(precisions)
         if schemes:  # one search ran, for one scheme (reference_run): every quantized stage shares it
-            scheme = next(iter(schemes.values()))
             _cast_backbone(backbone, DTYPES[run.float_base])
 
-            def plan(name: str, w) -> quantize.Plan:
-                return run.sensitivity[name].plan(name, w, run.calibration, scheme, opts.quantization)
-
-            quantize.quantize_backbone([graphs[s] for s in schemes], backbone, plan, kept, file)
-        for stage, model in graphs.items():
+            quantize.quantize_backbone(
+                [graphs[s] for s in schemes], backbone, lambda name, _w: run.plans[name], kept, file
+            )
+        for stage, model in tqdm(graphs.items(), desc="graphs (weights)", disable=None):
             _cast_backbone(backbone, DTYPES[floats[stage]])
             # after the export: it re-lays the linear weights out, and the old tensors must not be held
             onnx_graphs.attach_weights(model, stage, onnx_graphs.backbone_weights(backbone), file)
@@ -375,6 +433,7 @@ def export(opts: Options) -> dict[str, Any]:
             raise UserError(f"{flag} {folder}: not a folder")
     if opts.quantization not in quantize.METHODS:
         raise UserError(f"--quantization {opts.quantization}: choose {'|'.join(quantize.METHODS)}")
+    opts = replace(opts, device=resolve_device(opts.device).type)
     staging = _prepare_out(opts.out, opts.overwrite)
     try:
         manifest, failed = _export(replace(opts, out=staging))
@@ -449,8 +508,7 @@ def _export(opts: Options) -> tuple[dict[str, Any], list[str]]:
         "metrics": report,
         "passed": not failed,
         "samples": len(run.references),
-        "measured_with": "onnxruntime CPU"
-        + ("" if "bf16" not in floats.values() else f"; {emulate.MEASURED_WITH}"),
+        "measured_with": manifest_measured_with(floats),
     }
     if schemes:
         manifest["quantization"] = {
@@ -491,44 +549,31 @@ def _backbone_with_fallback(
     dims: dict,
     floats: dict[str, str],
 ) -> tuple[dict[str, Any], dict[str, dict[str, int]], dict[str, Any]]:
-    """Export the backbone and measure every stage; while a quantized backbone misses its gate, keep the
-    most sensitive linears float (1, 2, 4, ... up to --max-fallback percent of them) and redo the
-    backbone. Returns (accuracy report, Q/DQ counts, the fallback record for the manifest)."""
-    order = search.fallback_order(run.sensitivity)
-    budget = int(len(order) * opts.max_fallback_pct / 100)
-    kept: list[str] = []
-    attempts = []
-    stages = set(precisions) - {"vq_encoder", "vq_decoder"}
-    per_query: dict[str, list[float]] = {}
-    while True:
-        counts = export_backbone(opts, cfg, precisions, run, frozenset(kept))
-        gc.collect()
-        manifest["stages"] = stage_entries(cfg, precisions, dims, counts, floats)
-        artifact = Artifact(opts.out, manifest)
-        measured = (
-            set(manifest["stages"]) if not per_query else {s for s in manifest["stages"] if s in stages}
-        )
-        per_query.update(accuracy.measure(_opener(artifact), run.references, measured))
-        report = accuracy.judge(accuracy.summarize(per_query), precisions)
-        backbone_failed = [
-            m for m, e in report.items() if e.get("passed") is False and e["stage"] not in ("vq_encoder",)
-        ]
-        attempts.append(
-            {"kept": len(kept), "passed": not backbone_failed, "failed": backbone_failed}
-            | {m: round(report[m]["value"], 6) for m in accuracy.METRIC_STAGE if m in report}
-        )
-        if not quantized(precisions) or not backbone_failed or len(kept) >= budget:
-            break
-        kept = order[: min(budget, max(1, 2 * len(kept)))]
-        print(f"rynn-edge export: {', '.join(backbone_failed)} failed; keeping {len(kept)} linear(s) float")
-    fallback = {
-        "kept": kept,
+    """Export the backbone once, keeping float the linears the simulation chose (`run.kept`), and measure
+    every stage in onnxruntime: the gate's confirmation. Returns (accuracy report, Q/DQ counts, the
+    fallback record for the manifest: the simulated attempts, then the onnxruntime measurement)."""
+    counts = export_backbone(opts, cfg, precisions, run, frozenset(run.kept))
+    gc.collect()
+    manifest["stages"] = stage_entries(cfg, precisions, dims, counts, floats)
+    artifact = Artifact(opts.out, manifest)
+    with tqdm(total=1, desc="gate (onnxruntime)", disable=None) as progress:
+        per_query = accuracy.measure(_opener(artifact), run.references, set(manifest["stages"]))
+        progress.update()
+    report = accuracy.judge(accuracy.summarize(per_query), precisions)
+    confirmation = fallback.attempt_record(len(run.kept), report, manifest_measured_with(floats))
+    record = {
+        "kept": run.kept,
         "kept_precision": run.float_base,
-        "budget": budget,
-        "linears": len(order),
-        "attempts": attempts,
+        "budget": run.budget,
+        "linears": len(run.sensitivity),
+        "attempts": [*run.attempts, confirmation],
     }
-    return report, counts, fallback
+    return report, counts, record
+
+
+def manifest_measured_with(floats: dict[str, str]) -> str:
+    """How the accuracy report was measured (the manifest's accuracy.measured_with)."""
+    return "onnxruntime CPU" + ("" if "bf16" not in floats.values() else f"; {emulate.MEASURED_WITH}")
 
 
 def _opener(artifact: Artifact):

@@ -30,8 +30,9 @@ outlier checkpoints.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import ml_dtypes
 import numpy as np
@@ -73,12 +74,28 @@ class Plan:
     weight_scale: np.ndarray
     block: int = 0
 
-    def dequantized(self) -> np.ndarray:
-        w = self.weight.astype(np.float32)
+    def as_stored(self, float_type: type) -> Plan:
+        """This plan with its scales rounded as a graph of float type `float_type` stores them
+        (`_write`: the smoothing's inverse, the activation and weight scales)."""
+
+        def rounded(v):
+            return np.asarray(v, np.float32).astype(float_type).astype(np.float32)
+
+        return replace(
+            self,
+            smooth=None if self.smooth is None else 1.0 / rounded(1.0 / self.smooth),
+            act_scale=None if self.act_scale is None else float(rounded(self.act_scale)),
+            weight_scale=rounded(self.weight_scale),
+        )
+
+    def dequantized(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The fp32 weight [K, N] the quantized graph computes with, on `device`."""
+        w = torch.from_numpy(self.weight.astype(np.float32)).to(device)
+        scale = torch.from_numpy(np.asarray(self.weight_scale, np.float32)).to(device)
         if self.block:
             k, n = w.shape
-            return (w.reshape(k // self.block, self.block, n) * self.weight_scale[:, None]).reshape(k, n)
-        return w * self.weight_scale
+            return (w.reshape(k // self.block, self.block, n) * scale[:, None]).reshape(k, n)
+        return w * scale
 
 
 def smoothing(absmax: np.ndarray, w: np.ndarray, alpha: float) -> np.ndarray | None:
@@ -126,10 +143,11 @@ def plan_linear(
         scale = _int4_scales(w.reshape(k // block, block, n), clip)
     else:
         raise ValueError(f"unknown scheme {scheme!r}")
+    device = "cpu" if rows is None else rows.device  # GPTQ runs where its calibration rows are
     if rows is not None and s is not None:
-        rows = rows / torch.from_numpy(s)
-    q = _round(scheme, torch.from_numpy(w), torch.from_numpy(scale), block, rows)
-    return Plan(scheme, alpha, s, act_scale, q.numpy().astype(LOW_BIT[scheme][1]), scale, block)
+        rows = rows / torch.from_numpy(s).to(device)
+    q = _round(scheme, torch.from_numpy(w).to(device), torch.from_numpy(scale).to(device), block, rows)
+    return Plan(scheme, alpha, s, act_scale, q.cpu().numpy().astype(LOW_BIT[scheme][1]), scale, block)
 
 
 INT_LEVELS = {"int8": (-127, 127), "int4": (-8, 7)}
@@ -175,9 +193,10 @@ def _int4_scales(blocks: np.ndarray, clip: bool) -> np.ndarray:
 
 
 def fake_quant(plan: Plan, x: torch.Tensor, w_dq: torch.Tensor) -> torch.Tensor:
-    """What the quantized graph computes for input rows x [M, K] (fp32), given plan.dequantized()."""
+    """What the quantized graph computes for input rows x [M, K] (fp32), given plan.dequantized() on x's
+    device."""
     if plan.smooth is not None:
-        x = x / torch.from_numpy(plan.smooth)
+        x = x / torch.from_numpy(plan.smooth).to(x.device)
     if plan.act_scale is not None:
         a = plan.act_scale
         if plan.scheme == "int8":
@@ -185,6 +204,25 @@ def fake_quant(plan: Plan, x: torch.Tensor, w_dq: torch.Tensor) -> torch.Tensor:
         else:
             x = (x / a).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * a
     return x @ w_dq
+
+
+@contextmanager
+def simulated(plans: dict[nn.Linear, Plan]) -> Iterator[None]:
+    """Within the block each linear in `plans` computes what its quantized graph computes (`fake_quant`).
+    The dequantized weight is made on the linear's device at each call: holding every linear's would
+    double the weights in memory."""
+
+    def swap(linear, args, out):
+        plan = plans[linear]
+        x = args[0].float().reshape(-1, args[0].shape[-1])
+        return fake_quant(plan, x, plan.dequantized(x.device)).reshape(out.shape).to(out.dtype)
+
+    hooks = [linear.register_forward_hook(swap) for linear in plans]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def match_linears(model: onnx.ModelProto, backbone: nn.Module) -> dict[str, onnx.NodeProto]:

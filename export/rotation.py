@@ -59,8 +59,9 @@ def rotate(backbone: ChameleonBackbone, seed: int = SEED) -> ChameleonBackbone:
     """Fold the rotation into `backbone` in place (see the module docstring); returns it."""
     if isinstance(backbone.norm, UnrotatingNorm):
         return backbone
-    q = hadamard(backbone.cfg.hidden_size, seed)
-    head = hadamard(backbone.cfg.head_dim, seed + 1)
+    device = backbone.embed_tokens.weight.device
+    q = hadamard(backbone.cfg.hidden_size, seed).to(device)
+    head = hadamard(backbone.cfg.head_dim, seed + 1).to(device)
     heads = torch.block_diag(*[head] * backbone.cfg.num_attention_heads)
     emb = backbone.embed_tokens.weight
     for start in range(0, emb.shape[0], 8192):  # in slices: the 7B embedding is 1 GB in fp32

@@ -21,7 +21,7 @@ def _relative_error(plan: quantize.Plan, x: torch.Tensor, w: np.ndarray) -> torc
     """Per row: |x W_q - x W| / |x W| (weights only: activations are not quantized here)."""
     y = x @ torch.from_numpy(w)
     s = torch.ones(w.shape[0]) if plan.smooth is None else torch.from_numpy(plan.smooth)
-    yq = (x / s) @ torch.from_numpy(plan.dequantized())
+    yq = (x / s) @ plan.dequantized()
     return (yq - y).norm(dim=1) / y.norm(dim=1)
 
 
@@ -98,7 +98,7 @@ def test_the_quantized_graph_computes_what_the_search_simulated(so100_fp32, so10
     def simulated(module, args, out):
         plan = plans[names[module]]
         x = args[0].reshape(-1, args[0].shape[-1])
-        return quantize.fake_quant(plan, x, torch.from_numpy(plan.dequantized())).reshape(out.shape)
+        return quantize.fake_quant(plan, x, plan.dequantized()).reshape(out.shape)
 
     names = {m: n for n, m in quantize.backbone_linears(backbone).items()}
     hooks = [m.register_forward_hook(simulated) for m in names]
