@@ -14,6 +14,7 @@ from rynn_edge.runtime.argtypes import Number, non_negative, output_folder, posi
 
 PRESETS = ("so100", "libero")  # tiny.model.PRESETS, spelled here so --help imports no torch
 HEAD_DIM = 128  # tiny.model.HEAD_DIM: the width is a whole number of heads
+OUTLIER_KINDS = ("massive", "heads")  # tiny.model.OUTLIER_KINDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=non_negative(int), default=0, help="random seed (default 0)")
     parser.add_argument(
         "--outliers",
-        action="store_true",
-        help="plant LLM-like activation outliers (outlier channels, massive BOS/delimiter activations, a "
-        "late FFN that overflows fp16): a stress checkpoint for quantization and fp16",
+        nargs="?",
+        const="massive",
+        default=None,
+        choices=OUTLIER_KINDS,
+        help="plant LLM-like activation outliers, a stress checkpoint for quantization and fp16: 'massive' "
+        "(the default when given alone: outlier channels, massive BOS/delimiter activations, a late FFN "
+        "that overflows fp16) or 'heads' (attention-sink heads on image-start/row-end tokens, outlier "
+        "channels that differ by layer, near-tie action logits)",
     )
     parser.add_argument("--json", action="store_true", help="print the written paths as JSON")
 

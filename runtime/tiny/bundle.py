@@ -19,9 +19,11 @@ def write_tiny_bundle(
     time_horizon: int | None = None,
     shard_bytes: int | None = None,
     seed: int = 0,
-    outliers: bool = False,
+    outliers: str | bool | None = None,
 ) -> dict[str, Path]:
-    """OUT/model, OUT/tokenizer, OUT/vq: a deterministic random bundle in the upstream layout."""
+    """OUT/model, OUT/tokenizer, OUT/vq: a deterministic random bundle in the upstream layout.
+    `outliers`: None, "massive" or "heads" (tiny.model.OUTLIER_KINDS); True, as callers wrote before
+    there were two kinds, is "massive"."""
     paths = {"model": out / "model", "tokenizer": out / "tokenizer", "vq": out / "vq"}
     write_tiny_vq(paths["vq"], seed=seed)
     vocabulary_map = write_tiny_tokenizer(paths["tokenizer"], paths["vq"], seed=seed)
@@ -35,6 +37,6 @@ def write_tiny_bundle(
         seed=seed,
         max_shard_bytes=shard_bytes,
         time_horizon=time_horizon,
-        outliers=outliers,
+        outliers="massive" if outliers is True else (outliers or None),
     )
     return paths

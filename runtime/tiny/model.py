@@ -3,8 +3,9 @@
 Same file names, config fields, key names, [1, head_dim] q/k-norm rows and bf16 storage as a real
 checkpoint, so tests and demos go through the same loader. Deterministic for a given seed.
 
-`outliers=True` (make-tiny-checkpoint --outliers) plants the activation statistics that break naive
-quantization of real LLMs and that random weights never have (see `plant_outliers`).
+`outliers="massive"` (make-tiny-checkpoint --outliers) plants the activation statistics that break naive
+quantization of real LLMs and that random weights never have (see `plant_outliers`); `outliers="heads"`
+(--outliers heads) plants other ones, from attention and the decode rather than the FFN (`plant_heads`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from rynn_edge.runtime.tokens.vocab import ACTION_VALUE_OFFSET, IMAGE_START_ID, N_BINS, ROW_END_ID
 
 PRESETS = {"so100": {"action_dim": 6, "time_horizon": 20}, "libero": {"action_dim": 7, "time_horizon": 5}}
 HEAD_DIM = 128
@@ -222,6 +225,87 @@ def plant_outliers(sd: dict[str, torch.Tensor], cfg: dict, seed: int) -> dict[st
     return sd
 
 
+OUTLIER_KINDS = ("massive", "heads")  # make-tiny-checkpoint --outliers [KIND]; plain --outliers: massive
+SINK_TOKENS = (IMAGE_START_ID, ROW_END_ID)  # what the sink heads attend to
+SINK_MARKER = 10.0  # embedding value of the sink tokens' marker channel (0 on every other token)
+CONST_VALUE = 3.0  # a channel every token carries: the sink heads' queries and the action logits read it
+SINK_DIMS = 16  # head dims the sink pattern lives in: the slowest RoPE pairs, so position barely rotates it
+SINK_WEIGHT = 3.0  # q/k weight on the const/marker channel in those dims
+LAYER_OUTLIERS = 3  # channels per layer whose RMSNorm gain is LAYER_GAIN; a different set in every layer
+LAYER_GAIN = 25.0
+ACTION_LOGIT = 12.0  # lm_head weight of every action-value token on the const channel: they win the argmax
+ACTION_SPREAD = 0.15  # and their own rows' scale on top of it: near-ties among the 256 bins
+
+
+def plant_heads(sd: dict[str, torch.Tensor], cfg: dict, seed: int) -> dict[str, torch.Tensor]:
+    """Outliers from elsewhere than `plant_outliers` (in place; returns `sd`):
+
+    1. Attention sinks: in every layer one head (layer i: head i mod heads) attends almost only to the
+       image-start and row-end tokens (SINK_TOKENS). Its queries are a fixed pattern read from a channel
+       every token carries (CONST_VALUE), its keys that pattern read from a marker channel only the sink
+       tokens carry, in the SINK_DIMS slowest RoPE dims; the rest of its query is zero. After the q/k
+       norms the sink logit is ~11 against ~0 for every other key: near-one-hot softmax rows, and a
+       k_proj column and q_proj column ~100x the rest. No layer writes either channel (zero o_proj and
+       down_proj rows), as trained models keep the sink tokens' features intact.
+    2. Outlier channels that differ by layer: LAYER_OUTLIERS channels per layer, a disjoint set in each,
+       get a LAYER_GAIN RMSNorm gain, so each layer's q/k/v/gate/up inputs peak on different channels
+       and a per-channel fix fitted on one layer does not fit the next.
+    3. Narrow top-1 margins in the discrete actions: every action-value token's lm_head row reads the
+       const channel (so action tokens win the argmax) plus a row ACTION_SPREAD times the usual scale,
+       so the best bin leads the next by ~0.1 logit.
+    The hidden size must leave room for the channels (>= 2 + 3 x layers). Everything stays finite.
+    """
+    g = torch.Generator().manual_seed(seed + 2000)
+    h, layers = cfg["hidden_size"], cfg["num_hidden_layers"]
+    heads = cfg["num_attention_heads"]
+    picks = torch.randperm(h, generator=g)[: 2 + LAYER_OUTLIERS * layers].tolist()
+    const, marker, per_layer = picks[0], picks[1], picks[2:]
+    half = HEAD_DIM // 2
+    dims = [*range(half - SINK_DIMS // 2, half), *range(HEAD_DIM - SINK_DIMS // 2, HEAD_DIM)]
+    signs = torch.where(torch.rand(SINK_DIMS, generator=g) < 0.5, -1.0, 1.0)
+    signs[SINK_DIMS // 2 :] = -signs[: SINK_DIMS // 2]  # zero mean: survives the q/k LayerNorm
+
+    def edit(key: str, fn) -> None:
+        t = sd[key].float()
+        fn(t)
+        sd[key] = t.to(torch.bfloat16)
+
+    def embed(t: torch.Tensor) -> None:
+        t[:, const] = CONST_VALUE
+        t[:, marker] = 0.0
+        t[list(SINK_TOKENS), marker] = SINK_MARKER
+
+    edit("model.embed_tokens.weight", embed)
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        rows = [(i % heads) * HEAD_DIM + d for d in dims]
+        first = (i % heads) * HEAD_DIM
+
+        def query(t: torch.Tensor, rows=rows, first=first) -> None:
+            t[first : first + HEAD_DIM] = 0.0
+            t[rows, const] = SINK_WEIGHT * signs
+
+        def key(t: torch.Tensor, rows=rows) -> None:
+            t[rows] = 0.0
+            t[rows, marker] = SINK_WEIGHT * signs
+
+        edit(f"{p}self_attn.q_proj.weight", query)
+        edit(f"{p}self_attn.k_proj.weight", key)
+        for writer in ("self_attn.o_proj", "mlp.down_proj"):  # no layer overwrites const or marker
+            edit(f"{p}{writer}.weight", lambda t: t.__setitem__([const, marker], 0.0))
+        channels = per_layer[LAYER_OUTLIERS * i : LAYER_OUTLIERS * (i + 1)]
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            edit(f"{p}{norm}.weight", lambda t, c=channels: t.__setitem__(c, t[c] * LAYER_GAIN))
+
+    def head(t: torch.Tensor) -> None:
+        ids = slice(ACTION_VALUE_OFFSET + 1, ACTION_VALUE_OFFSET + 1 + N_BINS)
+        t[ids] *= ACTION_SPREAD
+        t[ids, const] = ACTION_LOGIT
+
+    edit("lm_head.weight", head)
+    return sd
+
+
 def _shards(sd: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
     """Greedy in key order, like transformers' shard_checkpoint: a new shard when the next tensor
     would overflow the current one."""
@@ -252,10 +336,12 @@ def write_tiny_model(
     seed: int = 0,
     max_shard_bytes: int | None = None,
     time_horizon: int | None = None,
-    outliers: bool = False,
+    outliers: str | None = None,
 ) -> Path:
     """Write config.json, generation_config.json and bf16 safetensors (sharded with an index when
-    max_shard_bytes is set) into out_dir; returns out_dir."""
+    max_shard_bytes is set) into out_dir; returns out_dir. `outliers`: None or one of OUTLIER_KINDS."""
+    if outliers is not None and outliers not in OUTLIER_KINDS:
+        raise ValueError(f"outliers={outliers!r}: choose one of {OUTLIER_KINDS} or None")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = tiny_config(
@@ -277,8 +363,10 @@ def write_tiny_model(
         },
     )
     sd = tiny_state_dict(cfg, seed)
-    if outliers:
+    if outliers == "massive":
         plant_outliers(sd, cfg, seed)
+    elif outliers == "heads":
+        plant_heads(sd, cfg, seed)
     meta = {"format": "pt"}
     if max_shard_bytes is None:
         save_file(sd, str(out / "model.safetensors"), metadata=meta)
