@@ -1,19 +1,24 @@
-"""Record the accuracy gate of every precision on the outlier stress checkpoint
-(`make-tiny-checkpoint --outliers --layers 3`, five recorded-style queries: three calibrate, two are held
-out), plain and outlier-safe, into benchmarks/results/precision_outliers/precision.json. The precision
-table of docs/export.md is generated from that file by make_readme_table.py.
+"""Record the accuracy gate of every precision on both outlier stress checkpoints
+(`make-tiny-checkpoint --outliers [massive|heads] --layers 3`, five recorded-style queries: three
+calibrate, two are held out), plain and outlier-safe, with the model's own torch-bf16 deviation (the
+relative gates' reference) and both verdicts, into benchmarks/results/precision_outliers/precision.json
+(massive) and benchmarks/results/precision_heads/precision.json (heads). Each file is rewritten after
+every run, so an interrupted recording keeps the runs it finished. The precision tables of
+docs/export.md are generated from those files by make_readme_table.py.
 
-    python benchmarks/precision_gates.py && python benchmarks/make_readme_table.py
+    python benchmarks/precision_gates.py [--outliers massive|heads] && python benchmarks/make_readme_table.py
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
 import platform
 import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,6 +41,18 @@ RUNS = [  # (precision, --quantization, --max-fallback)
     ("int4", "outlier-safe", 25),
 ]
 STAGES = ["--stages", "backbone_prefill", "action_head", "backbone_decode"]
+FOLDERS = {"massive": "precision_outliers", "heads": "precision_heads"}
+METRIC_FIELDS = (
+    "value",
+    "mean",
+    "threshold",
+    "passed",
+    "passed_absolute",
+    "bf16_reference",
+    "relative_k",
+    "relative_threshold",
+    "passed_relative",
+)
 
 
 def frames(folder: Path) -> list[str]:
@@ -68,11 +85,20 @@ def calibration(folder: Path) -> Path:
     return folder
 
 
-def record() -> dict:
-    rows = []
+def record(kind: str, path: Path) -> None:
+    result = {
+        "environment": {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "python": platform.python_version(),
+        },
+        "checkpoint": f"make-tiny-checkpoint --outliers {kind} --layers 3 --seed 0 (hidden 256)",
+        "queries": {"calibration": 3, "held_out": 2},
+        "script": f"python benchmarks/precision_gates.py --outliers {kind}",
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        bundle = write_tiny_bundle(tmp / "bundle", "so100", layers=3, seed=0, outliers=True)
+        bundle = write_tiny_bundle(tmp / "bundle", "so100", layers=3, seed=0, outliers=kind)
         calib = calibration(tmp / "calib")
         for precision, method, fallback in RUNS:
             out = tmp / f"{precision}_{method}"
@@ -87,20 +113,25 @@ def record() -> dict:
             args += ["-o", str(out), "--calibration-data", str(calib), "--precision", precision]
             args += ["--quantization", method, "--max-fallback", str(fallback), *STAGES]
             err = io.StringIO()
+            started = time.monotonic()
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
                 code = main(args)
             row = {"precision": precision, "method": f"{method}, fallback <= {fallback}%", "exit": code}
+            row["seconds"] = round(time.monotonic() - started, 1)
             if (out / MANIFEST).is_file():
                 manifest = json.loads((out / MANIFEST).read_text())
                 acc = manifest["accuracy"]
                 row["passed"] = acc["passed"]
                 row["samples"] = acc["samples"]
                 row["metrics"] = {
-                    m: {k: e.get(k) for k in ("value", "mean", "threshold", "passed")}
-                    for m, e in acc["metrics"].items()
+                    m: {k: e[k] for k in METRIC_FIELDS if k in e} for m, e in acc["metrics"].items()
                 }
+                if manifest.get("bf16_reference"):
+                    result["bf16_reference"] = {m: e["value"] for m, e in manifest["bf16_reference"].items()}
                 quant = manifest.get("quantization", {})
                 row["kept"] = quant.get("fallback", {}).get("kept", [])
+                if quant.get("fallback", {}).get("recommendation"):
+                    row["recommendation"] = quant["fallback"]["recommendation"]
                 quantized = [s for n, s in quant.get("sensitivity", {}).items() if n not in row["kept"]]
                 if quantized:
                     gptq = sum(s.get("rounding") == "gptq" for s in quantized)
@@ -108,22 +139,17 @@ def record() -> dict:
                 row["float_base"] = quant.get("float_base")
             else:
                 row["refused"] = err.getvalue().strip().splitlines()[-1][:300]
-            rows.append(row)
-            print(precision, method, code, row.get("passed"), row.get("kept"), flush=True)
-    return {
-        "environment": {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version(),
-        },
-        "checkpoint": "make-tiny-checkpoint --outliers --layers 3 --seed 0 (hidden 256)",
-        "queries": {"calibration": 3, "held_out": 2},
-        "script": "python benchmarks/precision_gates.py",
-        "runs": rows,
-    }
+            result["runs"].append(row)
+            path.write_text(json.dumps(result, indent=1) + "\n")
+            verdict = row.get("passed"), row.get("kept"), row["seconds"]
+            print(kind, precision, method, code, *verdict, flush=True)
 
 
 if __name__ == "__main__":
-    folder = RESULTS / "precision_outliers"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "precision.json").write_text(json.dumps(record(), indent=1) + "\n")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--outliers", choices=sorted(FOLDERS), action="append", help="default: both")
+    for kind in parser.parse_args().outliers or ["massive", "heads"]:
+        folder = RESULTS / FOLDERS[kind]
+        folder.mkdir(parents=True, exist_ok=True)
+        record(kind, folder / "precision.json")
     sys.exit(0)

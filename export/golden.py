@@ -157,4 +157,5 @@ def verify(folder: Path, backend: str = "onnxruntime") -> dict[str, Any]:
             return accuracy.ArenaFreeBackend(artifact, providers())
 
     per_query = accuracy.measure(opener, references, set(artifact.stages()))
-    return accuracy.judge(accuracy.summarize(per_query), stage_precisions(artifact.manifest))
+    precisions = stage_precisions(artifact.manifest)
+    return accuracy.judge(accuracy.summarize(per_query), precisions, artifact.manifest.get("bf16_reference"))

@@ -443,6 +443,7 @@ def _export(opts: Options) -> tuple[dict[str, Any], list[str]]:
             "quantization": "explicit Q/DQ (see rynn_edge.export.quantize)",
         },
     }
+    manifest["bf16_reference"] = accuracy.bf16_reference(opts.model, opts.vq, run.references, precisions)
     report, counts, fallback = _backbone_with_fallback(opts, cfg, precisions, run, manifest, dims, floats)
     failed = accuracy.failures(report)
     manifest["accuracy"] = {
@@ -509,7 +510,7 @@ def _backbone_with_fallback(
             set(manifest["stages"]) if not per_query else {s for s in manifest["stages"] if s in stages}
         )
         per_query.update(accuracy.measure(_opener(artifact), run.references, measured))
-        report = accuracy.judge(accuracy.summarize(per_query), precisions)
+        report = accuracy.judge(accuracy.summarize(per_query), precisions, manifest.get("bf16_reference"))
         backbone_failed = [
             m for m, e in report.items() if e.get("passed") is False and e["stage"] not in ("vq_encoder",)
         ]
