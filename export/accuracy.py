@@ -309,6 +309,57 @@ def judge(
     return report
 
 
+def recommend(
+    attempts: list[dict[str, Any]], order: list[str], budget: int, precision: str
+) -> dict[str, Any] | None:
+    """What would pass when the gate is missed within the fallback budget, from measured attempts only.
+
+    `attempts`: the gate measured per attempt, as the manifest's fallback.attempts ({"kept": number of
+    linears of `order` kept float, "passed", "failed": [metrics], metric: value}); attempts beyond the
+    budget (e.g. simulated at the next budgets) and at other precisions ("precision": p) count too. None
+    when an attempt at `precision` within the budget passed. Otherwise: the smallest measured kept set
+    that passes (its linears, the --max-fallback it needs, its numbers), else a measured precision that
+    passes, else the closest attempt and what it still fails, saying nothing passed in what was measured.
+    """
+    own = [a for a in attempts if a.get("precision", precision) == precision]
+    if any(a["passed"] and a["kept"] <= budget for a in own):
+        return None
+
+    def numbers(a: dict[str, Any]) -> dict[str, float]:
+        return {m: a[m] for m in METRIC_STAGE if m in a}
+
+    out: dict[str, Any] = {"precision": precision, "budget": budget, "linears": len(order)}
+    passing = sorted((a for a in own if a["passed"]), key=lambda a: a["kept"])
+    if passing:
+        best = passing[0]
+        pct = -(-100 * best["kept"] // max(1, len(order)))
+        extra = order[budget : best["kept"]]
+        out |= {"kept": best["kept"], "keep_also": extra, "max_fallback_pct": pct, "measured": numbers(best)}
+        out["message"] = (
+            f"{precision} passes with {best['kept']} of {len(order)} linears kept float "
+            f"(--max-fallback {pct}), measured {numbers(best)}: keep also {', '.join(extra)}"
+        )
+        return out
+    others = sorted((a for a in attempts if a not in own and a["passed"]), key=lambda a: a["kept"])
+    if others:
+        best = others[0]
+        out |= {"use_precision": best["precision"], "kept": best["kept"], "measured": numbers(best)}
+        out["message"] = (
+            f"{precision} missed its gate at every measured budget; --precision {best['precision']} passes "
+            f"with {best['kept']} linears kept float, measured {numbers(best)}"
+        )
+        return out
+    closest = min(own, key=lambda a: (len(a["failed"]), -a["kept"]))
+    out |= {"kept": closest["kept"], "still_failed": closest["failed"], "measured": numbers(closest)}
+    largest = max(a["kept"] for a in own)
+    out["message"] = (
+        f"{precision}: no measured attempt passes (up to {largest} of {len(order)} linears kept float); "
+        f"the closest, {closest['kept']} kept, still fails {', '.join(closest['failed'])} "
+        f"{numbers(closest)}: measure a larger --max-fallback or a higher precision"
+    )
+    return out
+
+
 class TorchBf16:
     """The whole model in torch bf16 (what upstream deploys), with the accessors `measure` uses."""
 

@@ -528,6 +528,7 @@ def _backbone_with_fallback(
         "budget": budget,
         "linears": len(order),
         "attempts": attempts,
+        "recommendation": accuracy.recommend(attempts, order, budget, manifest["precision"]),
     }
     return report, counts, fallback
 
@@ -545,4 +546,4 @@ def _fallback_hint(manifest: dict[str, Any]) -> str:
     return (
         f"\nKept {len(fb['kept'])} of {fb['linears']} linears {fb['kept_precision']} (budget {fb['budget']}, "
         f"--max-fallback); the most sensitive: {', '.join(worst)} (manifest quantization.sensitivity)."
-    )
+    ) + (f"\n{fb['recommendation']['message']}" if fb.get("recommendation") else "")

@@ -79,3 +79,36 @@ def test_bf16_reference_is_the_torch_bf16_run_against_fp32(so100_bundle):
     assert measured["action_max_abs_error"]["value"] > 0 and measured["hidden_cosine_min"]["value"] < 1
     assert 0 <= measured["token_agreement_pct"]["value"] <= 100
     assert accuracy.bf16_reference(model, vq, [ref], {"backbone_prefill": "bf16"}) is None
+
+
+ORDER = [f"layers.{i}.{name}" for i in range(3) for name in ("mlp.down_proj", "self_attn.o_proj")]
+
+
+def _attempt(kept: int, action: float, precision: str = "int8") -> dict:
+    passed = action <= accuracy.THRESHOLDS["action_max_abs_error"][precision]
+    failed = [] if passed else ["action_max_abs_error"]
+    return {
+        "kept": kept,
+        "passed": passed,
+        "failed": failed,
+        "action_max_abs_error": action,
+        "precision": precision,
+    }
+
+
+def test_recommendation_names_the_linears_and_budget_that_passed_when_measured():
+    attempts = [_attempt(0, 0.2), _attempt(1, 0.1), _attempt(2, 0.08), _attempt(4, 0.05), _attempt(6, 0.01)]
+    rec = accuracy.recommend(attempts, ORDER, 2, "int8")
+    assert rec["kept"] == 4 and rec["keep_also"] == ORDER[2:4] and rec["max_fallback_pct"] == 67
+    assert rec["measured"] == {"action_max_abs_error": 0.05}
+    assert "--max-fallback 67" in rec["message"] and ORDER[3] in rec["message"]
+    assert accuracy.recommend(attempts, ORDER, 4, "int8") is None  # met within the budget
+
+
+def test_recommendation_falls_back_to_a_measured_precision_or_says_nothing_passed():
+    own = [_attempt(0, 0.2), _attempt(1, 0.1)]
+    rec = accuracy.recommend([*own, _attempt(0, 0.09, "fp8")], ORDER, 1, "int8")
+    assert rec["use_precision"] == "fp8" and "--precision fp8 passes" in rec["message"]
+    rec = accuracy.recommend(own, ORDER, 1, "int8")
+    assert "use_precision" not in rec and rec["still_failed"] == ["action_max_abs_error"]
+    assert rec["kept"] == 1 and "no measured attempt passes (up to 1 of 6" in rec["message"]
