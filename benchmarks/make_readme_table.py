@@ -255,36 +255,69 @@ PRECISION_METRICS = {
 }
 
 
-def precision_block() -> str:
-    """The accuracy gates on the outlier stress checkpoint (benchmarks/precision_gates.py)."""
-    path = RESULTS / "precision_outliers" / "precision.json"
-    if not path.is_file():
-        return "\n\n".join([PRECISION_BEGIN, "No recorded precision run yet.", PRECISION_END])
-    result = json.loads(path.read_text())
+PRECISION_FILES = {  # folder -> what the checkpoint stresses
+    "precision_outliers": "outlier channels, massive activations, fp16 overflow",
+    "precision_heads": "attention-sink heads, per-layer outlier channels, near-tie action logits",
+}
+
+
+def precision_cell(entry: dict) -> str:
+    """value (absolute threshold; relative bound = k x the bf16 deviation, when the gate has one)."""
+    if entry.get("threshold") is None:
+        return fmt(entry["value"])
+    bounds = f"{entry['threshold']:g}"
+    if entry.get("relative_threshold") is not None:
+        bounds += f"; {entry['relative_k']:.3g}x bf16: {fmt(entry['relative_threshold'])}"
+    return f"{fmt(entry['value'])} ({bounds})"
+
+
+def precision_verdict(run: dict) -> str:
+    refused = run.get("refused", "")
+    if "would overflow" in refused:
+        return "refused: fp16 overflow, " + refused.split("queries ", 1)[1].split(" (fp16", 1)[0]
+    if refused:
+        return refused
+    if not run.get("passed"):
+        return "FAIL" + (f": {run['recommendation']['message']}" if run.get("recommendation") else "")
+    relative = [e for e in run.get("metrics", {}).values() if e.get("passed_absolute") is False]
+    return "pass (relative to bf16)" if relative else "pass"
+
+
+def precision_table(result: dict, stresses: str) -> str:
     rows = []
     for run in result["runs"]:
         row = {"precision": run["precision"], "method": run["method"]}
         for metric, header in PRECISION_METRICS.items():
             entry = run.get("metrics", {}).get(metric)
             if entry is not None:
-                limit = "" if entry.get("threshold") is None else f" ({entry['threshold']:g})"
-                row[header] = f"{fmt(entry['value'])}{limit}"
+                row[header] = precision_cell(entry)
         row["kept float"] = ", ".join(k.removeprefix("layers.") for k in run.get("kept", [])) or "–"
         rounding = run.get("gptq")
         row["GPTQ-rounded"] = f"{rounding['gptq']} of {rounding['linears']}" if rounding else "–"
-        refused = run.get("refused", "")
-        if "would overflow" in refused:
-            refused = "refused: fp16 overflow, " + refused.split("queries ", 1)[1].split(" (fp16", 1)[0]
-        row["verdict"] = refused or ("pass" if run.get("passed") else "FAIL")
+        row["verdict"] = precision_verdict(run)
         rows.append(row)
     headers = ["precision", "method", *PRECISION_METRICS.values(), "kept float", "GPTQ-rounded", "verdict"]
-    columns = {k: k for k in headers}
-    note = (
-        f"Recorded {result['environment']['date']} on {result['checkpoint']}, worst of "
-        f"{result['queries']['held_out']} held-out queries ({result['queries']['calibration']} calibrate); "
-        f"thresholds in parentheses. Reproduce: `{result['script']}`."
+    reference = result.get("bf16_reference")
+    measured = (
+        "; the model's own torch-bf16 deviation from fp32 on the same queries (the relative gates' "
+        "reference): " + ", ".join(f"{PRECISION_METRICS.get(m, m)} {fmt(v)}" for m, v in reference.items())
+        if reference
+        else ""
     )
-    return "\n\n".join([PRECISION_BEGIN, note, table(rows, columns), PRECISION_END])
+    note = (
+        f"**{result['checkpoint']}** ({stresses}). Recorded {result['environment']['date']}, worst of "
+        f"{result['queries']['held_out']} held-out queries ({result['queries']['calibration']} calibrate); "
+        f"thresholds in parentheses: absolute; k x bf16 where the gate has a relative bound{measured}. "
+        f"Reproduce: `{result['script']}`."
+    )
+    return "\n\n".join([note, table(rows, {k: k for k in headers})])
+
+
+def precision_block() -> str:
+    """The accuracy gates on both outlier stress checkpoints (benchmarks/precision_gates.py)."""
+    paths = [(RESULTS / folder / "precision.json", what) for folder, what in PRECISION_FILES.items()]
+    tables = [precision_table(json.loads(p.read_text()), what) for p, what in paths if p.is_file()]
+    return "\n\n".join([PRECISION_BEGIN, *(tables or ["No recorded precision run yet."]), PRECISION_END])
 
 
 MEMORY_BEGIN, MEMORY_END = "<!-- memory:begin -->", "<!-- memory:end -->"

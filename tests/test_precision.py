@@ -86,6 +86,13 @@ def test_plain_int8_fails_on_outliers(capsys, tmp_path, outlier_bundle, outlier_
     manifest = json.loads((tmp_path / "plain" / MANIFEST).read_text())
     assert not manifest["accuracy"]["passed"] and manifest["accuracy"]["samples"] == 2
     assert manifest["quantization"]["fallback"]["kept"] == []
+    # measured, not guessed: no attempt within (or beyond) the zero budget passed, and the error says so
+    recommendation = manifest["quantization"]["fallback"]["recommendation"]
+    assert recommendation["kept"] == 0 and "hidden_cosine_min" in recommendation["still_failed"]
+    assert "int8: no measured attempt passes" in err
+    # the gate report carries the model's own torch-bf16 deviation next to each relative bound
+    reference = manifest["bf16_reference"]["action_max_abs_error"]["value"]
+    assert manifest["accuracy"]["metrics"]["action_max_abs_error"]["bf16_reference"] == reference > 0
 
 
 @pytest.mark.parametrize("scheme", ["int8", "fp8", "int4"])
