@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 from runs import RESULTS
 
+from rynn_edge.export import accuracy, search
 from rynn_edge.runtime.backends.artifact import MANIFEST
 from rynn_edge.runtime.cli import main
 from rynn_edge.runtime.tiny.bundle import write_tiny_bundle
@@ -39,9 +40,10 @@ RUNS = [  # (precision, --quantization, --max-fallback)
     ("fp8", "outlier-safe", 25),
     ("int4", "plain", 0),
     ("int4", "outlier-safe", 25),
-]
+]  # the 25 is RECORDED_PCT
 STAGES = ["--stages", "backbone_prefill", "action_head", "backbone_decode"]
 FOLDERS = {"massive": "precision_outliers", "heads": "precision_heads"}
+RECORDED_PCT, BEYOND_PCT = 25, 50  # --max-fallback of the recorded outlier-safe runs; of --beyond
 METRIC_FIELDS = (
     "value",
     "mean",
@@ -85,6 +87,56 @@ def calibration(folder: Path) -> Path:
     return folder
 
 
+def export(
+    bundle: dict[str, Path], calib: Path, out: Path, precision: str, method: str, fallback: int
+) -> tuple[int, dict | None, str]:
+    """One `rynn-edge export` in-process: (exit code, manifest or None, stderr)."""
+    args = [
+        "export",
+        str(bundle["model"]),
+        "--tokenizer",
+        str(bundle["tokenizer"]),
+        "--vq",
+        str(bundle["vq"]),
+    ]
+    args += ["-o", str(out), "--calibration-data", str(calib), "--precision", precision]
+    args += ["--quantization", method, "--max-fallback", str(fallback), *STAGES]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(args)
+    manifest = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else None
+    return code, manifest, err.getvalue()
+
+
+def beyond(kind: str, precisions: list[str], path: Path) -> None:
+    """Outlier-safe exports at BEYOND_PCT fallback, for schemes that miss their gate at the recorded 25%:
+    the attempts measured past the 25% budget, and accuracy.recommend's verdict from them (which
+    further linears and which --max-fallback pass, measured)."""
+    result: dict = {
+        "script": f"python benchmarks/precision_gates.py --outliers {kind} --beyond ...",
+        "runs": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        bundle = write_tiny_bundle(tmp / "bundle", "so100", layers=3, seed=0, outliers=kind)
+        calib = calibration(tmp / "calib")
+        for precision in precisions:
+            _, manifest, _ = export(bundle, calib, tmp / precision, precision, "outlier-safe", BEYOND_PCT)
+            quant = manifest["quantization"]
+            sensitivity = {n: search.Sensitivity(**v) for n, v in quant["sensitivity"].items()}
+            order = search.fallback_order(sensitivity)
+            attempts = quant["fallback"]["attempts"]
+            budget = int(len(order) * RECORDED_PCT / 100)
+            result["runs"][precision] = {
+                "max_fallback_pct": BEYOND_PCT,
+                "attempts": attempts,
+                "kept": quant["fallback"]["kept"],
+                "recommendation": accuracy.recommend(attempts, order, budget, precision),
+            }
+            path.write_text(json.dumps(result, indent=1) + "\n")
+            print(kind, precision, "beyond", result["runs"][precision]["recommendation"], flush=True)
+
+
 def record(kind: str, path: Path) -> None:
     result = {
         "environment": {
@@ -101,25 +153,13 @@ def record(kind: str, path: Path) -> None:
         bundle = write_tiny_bundle(tmp / "bundle", "so100", layers=3, seed=0, outliers=kind)
         calib = calibration(tmp / "calib")
         for precision, method, fallback in RUNS:
-            out = tmp / f"{precision}_{method}"
-            args = [
-                "export",
-                str(bundle["model"]),
-                "--tokenizer",
-                str(bundle["tokenizer"]),
-                "--vq",
-                str(bundle["vq"]),
-            ]
-            args += ["-o", str(out), "--calibration-data", str(calib), "--precision", precision]
-            args += ["--quantization", method, "--max-fallback", str(fallback), *STAGES]
-            err = io.StringIO()
             started = time.monotonic()
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                code = main(args)
+            code, manifest, err = export(
+                bundle, calib, tmp / f"{precision}_{method}", precision, method, fallback
+            )
             row = {"precision": precision, "method": f"{method}, fallback <= {fallback}%", "exit": code}
             row["seconds"] = round(time.monotonic() - started, 1)
-            if (out / MANIFEST).is_file():
-                manifest = json.loads((out / MANIFEST).read_text())
+            if manifest is not None:
                 acc = manifest["accuracy"]
                 row["passed"] = acc["passed"]
                 row["samples"] = acc["samples"]
@@ -138,7 +178,7 @@ def record(kind: str, path: Path) -> None:
                     row["gptq"] = {"linears": len(quantized), "gptq": gptq}
                 row["float_base"] = quant.get("float_base")
             else:
-                row["refused"] = err.getvalue().strip().splitlines()[-1][:300]
+                row["refused"] = err.strip().splitlines()[-1][:300]
             result["runs"].append(row)
             path.write_text(json.dumps(result, indent=1) + "\n")
             verdict = row.get("passed"), row.get("kept"), row["seconds"]
@@ -148,8 +188,18 @@ def record(kind: str, path: Path) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--outliers", choices=sorted(FOLDERS), action="append", help="default: both")
-    for kind in parser.parse_args().outliers or ["massive", "heads"]:
+    parser.add_argument(
+        "--beyond",
+        nargs="+",
+        choices=["int8", "fp8", "int4"],
+        help=f"instead: these outlier-safe schemes at --max-fallback {BEYOND_PCT}, into beyond_budget.json",
+    )
+    options = parser.parse_args()
+    for kind in options.outliers or ["massive", "heads"]:
         folder = RESULTS / FOLDERS[kind]
         folder.mkdir(parents=True, exist_ok=True)
-        record(kind, folder / "precision.json")
+        if options.beyond:
+            beyond(kind, options.beyond, folder / "beyond_budget.json")
+        else:
+            record(kind, folder / "precision.json")
     sys.exit(0)

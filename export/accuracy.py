@@ -328,6 +328,9 @@ def recommend(
     def numbers(a: dict[str, Any]) -> dict[str, float]:
         return {m: a[m] for m in METRIC_STAGE if m in a}
 
+    def said(a: dict[str, Any]) -> str:
+        return ", ".join(f"{m} {v:.6g}" for m, v in numbers(a).items())
+
     out: dict[str, Any] = {"precision": precision, "budget": budget, "linears": len(order)}
     passing = sorted((a for a in own if a["passed"]), key=lambda a: a["kept"])
     if passing:
@@ -337,7 +340,7 @@ def recommend(
         out |= {"kept": best["kept"], "keep_also": extra, "max_fallback_pct": pct, "measured": numbers(best)}
         out["message"] = (
             f"{precision} passes with {best['kept']} of {len(order)} linears kept float "
-            f"(--max-fallback {pct}), measured {numbers(best)}: keep also {', '.join(extra)}"
+            f"(--max-fallback {pct}), measured {said(best)}: keep also {', '.join(extra)}"
         )
         return out
     others = sorted((a for a in attempts if a not in own and a["passed"]), key=lambda a: a["kept"])
@@ -346,7 +349,7 @@ def recommend(
         out |= {"use_precision": best["precision"], "kept": best["kept"], "measured": numbers(best)}
         out["message"] = (
             f"{precision} missed its gate at every measured budget; --precision {best['precision']} passes "
-            f"with {best['kept']} linears kept float, measured {numbers(best)}"
+            f"with {best['kept']} linears kept float, measured {said(best)}"
         )
         return out
     closest = min(own, key=lambda a: (len(a["failed"]), -a["kept"]))
@@ -355,7 +358,7 @@ def recommend(
     out["message"] = (
         f"{precision}: no measured attempt passes (up to {largest} of {len(order)} linears kept float); "
         f"the closest, {closest['kept']} kept, still fails {', '.join(closest['failed'])} "
-        f"{numbers(closest)}: measure a larger --max-fallback or a higher precision"
+        f"({said(closest)}): measure a larger --max-fallback or a higher precision"
     )
     return out
 
