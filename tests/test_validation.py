@@ -221,6 +221,7 @@ def test_tiny_head_dim_is_spelled_alike():
     from rynn_edge.runtime.tiny import model
 
     assert make_tiny.HEAD_DIM == model.HEAD_DIM
+    assert make_tiny.OUTLIER_KINDS == model.OUTLIER_KINDS
 
 
 def _predict_args(bundle: dict[str, Path], frames: list[Path], instruction: str) -> list[str]:
