@@ -112,10 +112,7 @@ def beyond(kind: str, precisions: list[str], path: Path) -> None:
     """Outlier-safe exports at BEYOND_PCT fallback, for schemes that miss their gate at the recorded 25%:
     the attempts measured past the 25% budget, and accuracy.recommend's verdict from them (which
     further linears and which --max-fallback pass, measured)."""
-    result: dict = {
-        "script": f"python benchmarks/precision_gates.py --outliers {kind} --beyond ...",
-        "runs": {},
-    }
+    script = f"python benchmarks/precision_gates.py --outliers {kind} --beyond SCHEME..."
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         bundle = write_tiny_bundle(tmp / "bundle", "so100", layers=3, seed=0, outliers=kind)
@@ -127,14 +124,16 @@ def beyond(kind: str, precisions: list[str], path: Path) -> None:
             order = search.fallback_order(sensitivity)
             attempts = quant["fallback"]["attempts"]
             budget = int(len(order) * RECORDED_PCT / 100)
-            result["runs"][precision] = {
+            run = {
                 "max_fallback_pct": BEYOND_PCT,
                 "attempts": attempts,
                 "kept": quant["fallback"]["kept"],
                 "recommendation": accuracy.recommend(attempts, order, budget, precision),
             }
-            path.write_text(json.dumps(result, indent=1) + "\n")
-            print(kind, precision, "beyond", result["runs"][precision]["recommendation"], flush=True)
+            recorded = json.loads(path.read_text())["runs"] if path.is_file() else {}  # other schemes' runs
+            text = json.dumps({"script": script, "runs": recorded | {precision: run}}, indent=1)
+            path.write_text(text + "\n")
+            print(kind, precision, "beyond", run["recommendation"], flush=True)
 
 
 def record(kind: str, path: Path) -> None:
