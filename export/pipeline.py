@@ -420,6 +420,7 @@ def _export(opts: Options) -> tuple[dict[str, Any], list[str]]:
         )
     run = reference_run(opts, cfg, samples, precisions)
     gc.collect()
+    accuracy.attach_bf16_reference(opts.model, opts.vq, run.references, precisions)
     export_vq(opts, cfg, precisions)
     floats = float_types(precisions, run)
     dims = profiles(cfg, run.prompt_lengths)

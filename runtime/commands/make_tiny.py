@@ -12,6 +12,7 @@ import json
 
 from rynn_edge.runtime.argtypes import Number, non_negative, output_folder, positive
 
+STRESS = ("channels", "heads")  # tiny.model.STRESS
 PRESETS = ("so100", "libero")  # tiny.model.PRESETS, spelled here so --help imports no torch
 HEAD_DIM = 128  # tiny.model.HEAD_DIM: the width is a whole number of heads
 
@@ -40,9 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=non_negative(int), default=0, help="random seed (default 0)")
     parser.add_argument(
         "--outliers",
-        action="store_true",
-        help="plant LLM-like activation outliers (outlier channels, massive BOS/delimiter activations, a "
-        "late FFN that overflows fp16): a stress checkpoint for quantization and fp16",
+        nargs="?",
+        const="channels",
+        default=None,
+        choices=STRESS,
+        help="plant LLM-like outliers, a stress checkpoint for quantization and fp16. channels (the default "
+        "when the flag is given alone): 20x residual channels, massive BOS/delimiter activations, a late "
+        "FFN that overflows fp16; heads: attention-sink heads on image-start/row-end tokens, outlier "
+        "channels that differ by layer, near-tied discrete action logits",
     )
     parser.add_argument("--json", action="store_true", help="print the written paths as JSON")
 
@@ -59,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         time_horizon=args.time_horizon,
         shard_bytes=int(args.shard_mb * 2**20) if args.shard_mb else None,
         seed=args.seed,
-        outliers=args.outliers,
+        outliers=args.outliers or False,
     )
     if args.json:
         print(json.dumps({name: str(path) for name, path in paths.items()}))

@@ -19,9 +19,10 @@ def write_tiny_bundle(
     time_horizon: int | None = None,
     shard_bytes: int | None = None,
     seed: int = 0,
-    outliers: bool = False,
+    outliers: bool | str = False,
 ) -> dict[str, Path]:
-    """OUT/model, OUT/tokenizer, OUT/vq: a deterministic random bundle in the upstream layout."""
+    """OUT/model, OUT/tokenizer, OUT/vq: a deterministic random bundle in the upstream layout.
+    `outliers`: a stress structure, tiny.model.STRESS ("channels" or True, "heads")."""
     paths = {"model": out / "model", "tokenizer": out / "tokenizer", "vq": out / "vq"}
     write_tiny_vq(paths["vq"], seed=seed)
     vocabulary_map = write_tiny_tokenizer(paths["tokenizer"], paths["vq"], seed=seed)

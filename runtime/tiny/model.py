@@ -3,8 +3,10 @@
 Same file names, config fields, key names, [1, head_dim] q/k-norm rows and bf16 storage as a real
 checkpoint, so tests and demos go through the same loader. Deterministic for a given seed.
 
-`outliers=True` (make-tiny-checkpoint --outliers) plants the activation statistics that break naive
-quantization of real LLMs and that random weights never have (see `plant_outliers`).
+`outliers="channels"` (or True; make-tiny-checkpoint --outliers) plants the activation statistics that
+break naive quantization of real LLMs and that random weights never have (see `plant_outliers`);
+`outliers="heads"` (--outliers heads) plants different ones: attention-sink heads, per-layer outlier
+channels and near-tied action logits (see `plant_head_outliers`).
 """
 
 from __future__ import annotations
@@ -222,6 +224,86 @@ def plant_outliers(sd: dict[str, torch.Tensor], cfg: dict, seed: int) -> dict[st
     return sd
 
 
+SINK_TOKENS = (8197, 8803)  # image start, row end: every image brings one and a row end per code row
+SINK_MARKER = 30.0  # their marker channel in the embedding (other tokens: 0)
+SINK_CONSTANT = 4.0  # a channel every token carries, which the sink heads' queries read
+SINK_Q, SINK_K = 5.0, 1.0  # q/k weights that make one head dimension dominate (before the head norm)
+SINK_DIM = HEAD_DIM // 2 - 1  # the lowest RoPE frequency: the dot product barely turns with distance
+SINK_REST = 0.1  # the sink head's other q/k rows, shrunk so that one dimension dominates after the norm
+LAYER_CHANNELS = 3  # per-layer outlier channels, a different set in every layer
+LAYER_GAIN = 30.0  # their RMSNorm gain in that layer only
+ACTION_BINS = range(10005, 10005 + 256)  # vocab.ACTION_VALUE_OFFSET + N_BINS (runtime/tokens imports numpy)
+ACTION_LOGIT_GAIN = 4.0  # the action bins' lm_head rows: they win the argmax over the whole vocabulary
+ACTION_TIE = 0.015  # odd bins copy the even bin's row up to this relative noise: top-1 margins ~0.05
+
+
+def plant_head_outliers(sd: dict[str, torch.Tensor], cfg: dict, seed: int) -> dict[str, torch.Tensor]:
+    """A second stress structure, unlike `plant_outliers` (in place; returns `sd`):
+
+    1. Attention sinks on delimiters: in every layer one head (a different one per layer when there are
+       several) puts nearly all its attention on the image-start and row-end tokens (SINK_TOKENS). Its
+       query reads only a constant channel and its key only a marker channel that those tokens alone
+       carry, each into one head dimension at the lowest RoPE frequency (the head's other rows shrunk
+       10x), so after the head norm a sink token scores ~10 above the rest. One large weight per q/k
+       row: a weight outlier, on top of the activation outliers of the marker (~14x the median, on
+       8197/8803 tokens only) and constant channels.
+    2. Outlier channels that differ by layer: LAYER_CHANNELS channels per layer, disjoint across layers,
+       get a 30x gain in that layer's two RMSNorms only, so each layer's q/k/v/gate/up inputs have their
+       own outlier set (a scale or rotation fitted to one layer does not fit the next).
+    3. Narrow top-1 margins in the discrete actions: the action bins' lm_head rows are scaled so they win
+       the argmax, and come in near-identical pairs, so the top-1 margin is a few hundredths of a logit
+       whose scale is ~10: bf16 rounding alone flips some greedy tokens.
+    The hidden size must be >= 128 * 1 and leave room for the channels (>= 2 + 3 * layers).
+    """
+    g = torch.Generator().manual_seed(seed + 2000)
+    h, layers = cfg["hidden_size"], cfg["num_hidden_layers"]
+    heads = h // HEAD_DIM
+    if h < 2 + LAYER_CHANNELS * layers:
+        raise ValueError(f"hidden_size {h} too small for {layers} layers of distinct outlier channels")
+    picks = torch.randperm(h, generator=g)[: 2 + LAYER_CHANNELS * layers].tolist()
+    constant, marker, per_layer = picks[0], picks[1], picks[2:]
+    sink_heads = torch.randint(0, heads, (layers,), generator=g).tolist()
+
+    def edit(key: str, fn) -> None:
+        t = sd[key].float()
+        fn(t)
+        sd[key] = t.to(torch.bfloat16)
+
+    def embed(t: torch.Tensor) -> None:
+        t[:, constant] = SINK_CONSTANT
+        t[:, marker] = 0.0
+        t[list(SINK_TOKENS), marker] = SINK_MARKER
+
+    edit("model.embed_tokens.weight", embed)
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        rows = slice(sink_heads[i] * HEAD_DIM, (sink_heads[i] + 1) * HEAD_DIM)
+        for name, channel, weight in (("q_proj", constant, SINK_Q), ("k_proj", marker, SINK_K)):
+            edit(f"{p}self_attn.{name}.weight", lambda t, r=rows, c=channel, w=weight: _sink_rows(t, r, c, w))
+        own = per_layer[i * LAYER_CHANNELS : (i + 1) * LAYER_CHANNELS]
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            edit(f"{p}{norm}.weight", lambda t, c=own: t.__setitem__(c, t[c] * LAYER_GAIN))
+
+    def action_rows(t: torch.Tensor) -> None:
+        bins = list(ACTION_BINS)
+        even = t[bins[0::2]] * ACTION_LOGIT_GAIN
+        t[bins[0::2]] = even
+        t[bins[1::2]] = even + ACTION_TIE * ACTION_LOGIT_GAIN * torch.randn(even.shape, generator=g) * h**-0.5
+
+    edit("lm_head.weight", action_rows)
+    return sd
+
+
+def _sink_rows(t: torch.Tensor, rows: slice, channel: int, weight: float) -> None:
+    """One head's q or k rows: shrunk, except SINK_DIM, which reads `channel` with `weight`."""
+    t[rows] *= SINK_REST
+    t[rows.start + SINK_DIM] = 0.0
+    t[rows.start + SINK_DIM, channel] = weight
+
+
+STRESS = {"channels": plant_outliers, "heads": plant_head_outliers}  # make-tiny-checkpoint --outliers KIND
+
+
 def _shards(sd: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
     """Greedy in key order, like transformers' shard_checkpoint: a new shard when the next tensor
     would overflow the current one."""
@@ -252,10 +334,13 @@ def write_tiny_model(
     seed: int = 0,
     max_shard_bytes: int | None = None,
     time_horizon: int | None = None,
-    outliers: bool = False,
+    outliers: bool | str = False,
 ) -> Path:
     """Write config.json, generation_config.json and bf16 safetensors (sharded with an index when
-    max_shard_bytes is set) into out_dir; returns out_dir."""
+    max_shard_bytes is set) into out_dir; returns out_dir. `outliers`: a STRESS kind (True: "channels")."""
+    kind = "channels" if outliers is True else outliers
+    if kind and kind not in STRESS:
+        raise ValueError(f"unknown outliers kind {kind!r}; choose one of {sorted(STRESS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = tiny_config(
@@ -277,8 +362,8 @@ def write_tiny_model(
         },
     )
     sd = tiny_state_dict(cfg, seed)
-    if outliers:
-        plant_outliers(sd, cfg, seed)
+    if kind:
+        STRESS[kind](sd, cfg, seed)
     meta = {"format": "pt"}
     if max_shard_bytes is None:
         save_file(sd, str(out / "model.safetensors"), metadata=meta)
