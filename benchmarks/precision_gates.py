@@ -1,13 +1,16 @@
-"""Record the accuracy gate of every precision on the outlier stress checkpoint
-(`make-tiny-checkpoint --outliers --layers 3`, five recorded-style queries: three calibrate, two are held
-out), plain and outlier-safe, into benchmarks/results/precision_outliers/precision.json. The README's
-precision table is generated from that file by make_readme_table.py.
+"""Record the accuracy gate of every precision on both outlier stress checkpoints
+(`make-tiny-checkpoint --outliers [channels|heads] --layers 3`, five recorded-style queries: three
+calibrate, two are held out), plain and outlier-safe, with the model's own bf16 deviation (the relative
+gate's reference) and both verdicts, into benchmarks/results/precision_outliers/precision_KIND.json
+(precision.json for channels). The README's precision tables are generated from them by
+make_readme_table.py.
 
-    python benchmarks/precision_gates.py && python benchmarks/make_readme_table.py
+    python benchmarks/precision_gates.py [--outliers channels heads] && python benchmarks/make_readme_table.py
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -36,6 +39,9 @@ RUNS = [  # (precision, --quantization, --max-fallback)
     ("int4", "outlier-safe", 25),
 ]
 STAGES = ["--stages", "backbone_prefill", "action_head", "backbone_decode"]
+FILES = {"channels": "precision.json", "heads": "precision_heads.json"}  # under RESULTS/precision_outliers
+RECORDED = ("value", "mean", "threshold", "passed", "bf16_reference", "multiple", "relative_threshold")
+RECORDED += ("passed_absolute", "passed_relative")
 
 
 def frames(folder: Path) -> list[str]:
@@ -68,11 +74,11 @@ def calibration(folder: Path) -> Path:
     return folder
 
 
-def record() -> dict:
+def record(kind: str) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        bundle = write_tiny_bundle(tmp / "bundle", "so100", layers=3, seed=0, outliers=True)
+        bundle = write_tiny_bundle(tmp / "bundle", "so100", layers=3, seed=0, outliers=kind)
         calib = calibration(tmp / "calib")
         for precision, method, fallback in RUNS:
             out = tmp / f"{precision}_{method}"
@@ -95,10 +101,7 @@ def record() -> dict:
                 acc = manifest["accuracy"]
                 row["passed"] = acc["passed"]
                 row["samples"] = acc["samples"]
-                row["metrics"] = {
-                    m: {k: e.get(k) for k in ("value", "mean", "threshold", "passed")}
-                    for m, e in acc["metrics"].items()
-                }
+                row["metrics"] = {m: {k: e[k] for k in RECORDED if k in e} for m, e in acc["metrics"].items()}
                 quant = manifest.get("quantization", {})
                 row["kept"] = quant.get("fallback", {}).get("kept", [])
                 quantized = [s for n, s in quant.get("sensitivity", {}).items() if n not in row["kept"]]
@@ -109,21 +112,24 @@ def record() -> dict:
             else:
                 row["refused"] = err.getvalue().strip().splitlines()[-1][:300]
             rows.append(row)
-            print(precision, method, code, row.get("passed"), row.get("kept"), flush=True)
+            print(kind, precision, method, code, row.get("passed"), row.get("kept"), flush=True)
     return {
         "environment": {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "python": platform.python_version(),
         },
-        "checkpoint": "make-tiny-checkpoint --outliers --layers 3 --seed 0 (hidden 256)",
+        "checkpoint": f"make-tiny-checkpoint --outliers {kind} --layers 3 --seed 0 (hidden 256)",
         "queries": {"calibration": 3, "held_out": 2},
-        "script": "python benchmarks/precision_gates.py",
+        "script": f"python benchmarks/precision_gates.py --outliers {kind}",
         "runs": rows,
     }
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--outliers", nargs="+", choices=list(FILES), default=list(FILES))
     folder = RESULTS / "precision_outliers"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "precision.json").write_text(json.dumps(record(), indent=1) + "\n")
+    for kind in parser.parse_args().outliers:
+        (folder / FILES[kind]).write_text(json.dumps(record(kind), indent=1) + "\n")
     sys.exit(0)
