@@ -227,9 +227,8 @@ def plant_outliers(sd: dict[str, torch.Tensor], cfg: dict, seed: int) -> dict[st
 SINK_TOKENS = (8197, 8803)  # image start, row end: every image brings one and a row end per code row
 SINK_MARKER = 30.0  # their marker channel in the embedding (other tokens: 0)
 SINK_CONSTANT = 4.0  # a channel every token carries, which the sink heads' queries read
-SINK_Q, SINK_K = 5.0, 1.0  # q/k weights that make one head dimension dominate (before the head norm)
+SINK_Q, SINK_K = 5.0, 2.0  # q/k weights that make one head dimension dominate (before the head norm)
 SINK_DIM = HEAD_DIM // 2 - 1  # the lowest RoPE frequency: the dot product barely turns with distance
-SINK_REST = 0.1  # the sink head's other q/k rows, shrunk so that one dimension dominates after the norm
 LAYER_CHANNELS = 3  # per-layer outlier channels, a different set in every layer
 LAYER_GAIN = 30.0  # their RMSNorm gain in that layer only
 ACTION_BINS = range(10005, 10005 + 256)  # vocab.ACTION_VALUE_OFFSET + N_BINS (runtime/tokens imports numpy)
@@ -242,11 +241,12 @@ def plant_head_outliers(sd: dict[str, torch.Tensor], cfg: dict, seed: int) -> di
 
     1. Attention sinks on delimiters: in every layer one head (a different one per layer when there are
        several) puts nearly all its attention on the image-start and row-end tokens (SINK_TOKENS). Its
-       query reads only a constant channel and its key only a marker channel that those tokens alone
-       carry, each into one head dimension at the lowest RoPE frequency (the head's other rows shrunk
-       10x), so after the head norm a sink token scores ~10 above the rest. One large weight per q/k
-       row: a weight outlier, on top of the activation outliers of the marker (~14x the median, on
-       8197/8803 tokens only) and constant channels.
+       q and k rows are zero but one dimension at the lowest RoPE frequency: the query reads a constant
+       channel, the key a marker channel that those tokens alone carry. No layer writes either channel
+       (their o_proj/down_proj rows are zero), so both reach every layer unchanged, and after the head
+       norm a sink token's key is one-hot along the query (score ~11) while the others' keys are the
+       norm's bias (score ~0). One large weight in a zero row: a weight outlier, on top of the marker
+       (~15x the median, on 8197/8803 tokens only) and constant activation channels.
     2. Outlier channels that differ by layer: LAYER_CHANNELS channels per layer, disjoint across layers,
        get a 30x gain in that layer's two RMSNorms only, so each layer's q/k/v/gate/up inputs have their
        own outlier set (a scale or rotation fitted to one layer does not fit the next).
@@ -280,6 +280,8 @@ def plant_head_outliers(sd: dict[str, torch.Tensor], cfg: dict, seed: int) -> di
         rows = slice(sink_heads[i] * HEAD_DIM, (sink_heads[i] + 1) * HEAD_DIM)
         for name, channel, weight in (("q_proj", constant, SINK_Q), ("k_proj", marker, SINK_K)):
             edit(f"{p}self_attn.{name}.weight", lambda t, r=rows, c=channel, w=weight: _sink_rows(t, r, c, w))
+        for name in ("self_attn.o_proj", "mlp.down_proj"):  # no layer writes the two channels
+            edit(f"{p}{name}.weight", lambda t: t.__setitem__([constant, marker], 0.0))
         own = per_layer[i * LAYER_CHANNELS : (i + 1) * LAYER_CHANNELS]
         for norm in ("input_layernorm", "post_attention_layernorm"):
             edit(f"{p}{norm}.weight", lambda t, c=own: t.__setitem__(c, t[c] * LAYER_GAIN))
@@ -295,9 +297,8 @@ def plant_head_outliers(sd: dict[str, torch.Tensor], cfg: dict, seed: int) -> di
 
 
 def _sink_rows(t: torch.Tensor, rows: slice, channel: int, weight: float) -> None:
-    """One head's q or k rows: shrunk, except SINK_DIM, which reads `channel` with `weight`."""
-    t[rows] *= SINK_REST
-    t[rows.start + SINK_DIM] = 0.0
+    """One head's q or k rows: all zero but SINK_DIM, which reads only `channel` (with `weight`)."""
+    t[rows] = 0.0
     t[rows.start + SINK_DIM, channel] = weight
 
 
