@@ -193,6 +193,55 @@ def test_accuracy_failure_names_stage_and_numbers():
     ]
 
 
+def test_gate_relative_to_the_models_own_bf16_deviation():
+    """The issue's case: bf16 itself moves the actions by 0.082 (its gate: 0.04). int8 is then judged
+    against 1.5x that too; the hidden cosine misses both and says so; bf16 gets the absolute verdict."""
+    ref = accuracy.REFERENCE_SUFFIX
+    per_query = {
+        "action_max_abs_error": [0.11, 0.09],
+        "action_max_abs_error" + ref: [0.07, 0.082],
+        "token_agreement_pct": [70.0, 80.0],
+        "token_agreement_pct" + ref: [81.25, 90.0],
+        "hidden_cosine_min": [0.985, 0.99],
+        "hidden_cosine_min" + ref: [0.9987, 0.9999],
+    }
+    summary = accuracy.summarize(per_query)
+    report = accuracy.judge(summary, {"backbone_prefill": "int8", "backbone_decode": "int8"})
+    assert set(report) == {"action_max_abs_error", "token_agreement_pct", "hidden_cosine_min"}
+    action, tokens, cosine = (
+        report[m] for m in ("action_max_abs_error", "token_agreement_pct", "hidden_cosine_min")
+    )
+    assert action["threshold"] == 0.06 and action["bf16_reference"] == 0.082 and action["multiple"] == 1.5
+    assert action["relative_threshold"] == pytest.approx(0.123)
+    assert not action["passed_absolute"] and action["passed_relative"] and action["passed"]
+    assert tokens["relative_threshold"] == pytest.approx(100 - 18.75 * 25 / 15, abs=0.01) and tokens["passed"]
+    assert not cosine["passed_absolute"] and not cosine["passed_relative"] and not cosine["passed"]
+    assert accuracy.failures(report) == [
+        "backbone_prefill (int8): hidden_cosine_min = 0.985, threshold >= 0.99, nor >= 0.9987 (1 x the "
+        "model's own bf16 deviation, bf16 0.9987)"
+    ]
+    bf16 = accuracy.judge(
+        accuracy.summarize({"action_max_abs_error": [0.082], "action_max_abs_error" + ref: [0.08]}),
+        {"backbone_prefill": "bf16"},
+    )["action_max_abs_error"]
+    assert bf16["bf16_reference"] == 0.08 and "multiple" not in bf16 and bf16["passed"] is False
+
+
+def test_relative_multiples_are_the_threshold_tables_ratios():
+    for metric, multiples in accuracy.RELATIVE_MULTIPLE.items():
+        bf16 = accuracy.deviation(metric, accuracy.THRESHOLDS[metric]["bf16"])
+        for precision, k in multiples.items():
+            assert k * bf16 == pytest.approx(
+                accuracy.deviation(metric, accuracy.THRESHOLDS[metric][precision]), rel=1e-3
+            )
+    assert accuracy.RELATIVE_MULTIPLE["action_max_abs_error"] == {
+        "fp16": 0.5,
+        "int8": 1.5,
+        "fp8": 2.5,
+        "int4": 5.0,
+    }
+
+
 def test_corrupted_artifact_is_refused_by_predict(capsys, tmp_path, so100_fp32, frames):
     art = tmp_path / "art"
     shutil.copytree(so100_fp32[0], art)
