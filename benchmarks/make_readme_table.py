@@ -249,36 +249,63 @@ PRECISION_METRICS = {
 }
 
 
-def precision_block() -> str:
-    """The accuracy gates on the outlier stress checkpoint (benchmarks/precision_gates.py)."""
-    path = RESULTS / "precision_outliers" / "precision.json"
-    if not path.is_file():
-        return "\n\n".join([PRECISION_BEGIN, "No recorded precision run yet.", PRECISION_END])
-    result = json.loads(path.read_text())
+PRECISION_FILES = ("precision.json", "precision_heads.json")  # precision_gates.FILES, one per checkpoint
+
+
+def precision_cell(entry: dict) -> str:
+    """value (absolute threshold; k x the bf16 reference = relative threshold)."""
+    limits = [] if entry.get("threshold") is None else [f"{entry['threshold']:g}"]
+    if "relative_threshold" in entry:
+        limits.append(
+            f"{entry['multiple']:g}x bf16 {fmt(entry['bf16_reference'])}: {fmt(entry['relative_threshold'])}"
+        )
+    elif "bf16_reference" in entry:
+        limits.append(f"torch bf16 {fmt(entry['bf16_reference'])}")
+    return fmt(entry["value"]) + (f" ({'; '.join(limits)})" if limits else "")
+
+
+def precision_verdict(run: dict) -> str:
+    refused = run.get("refused", "")
+    if "would overflow" in refused:
+        return "refused: fp16 overflow, " + refused.split("queries ", 1)[1].split(" (fp16", 1)[0]
+    if refused:
+        return refused
+    if not run.get("passed"):
+        return "FAIL"
+    relative = [m for m, e in run["metrics"].items() if e.get("passed_absolute") is False and e.get("passed")]
+    return f"pass (relative: {', '.join(PRECISION_METRICS[m] for m in relative)})" if relative else "pass"
+
+
+def precision_table(result: dict) -> list[str]:
     rows = []
     for run in result["runs"]:
         row = {"precision": run["precision"], "method": run["method"]}
         for metric, header in PRECISION_METRICS.items():
             entry = run.get("metrics", {}).get(metric)
             if entry is not None:
-                limit = "" if entry.get("threshold") is None else f" ({entry['threshold']:g})"
-                row[header] = f"{fmt(entry['value'])}{limit}"
+                row[header] = precision_cell(entry)
         row["kept float"] = ", ".join(k.removeprefix("layers.") for k in run.get("kept", [])) or "–"
         rounding = run.get("gptq")
         row["GPTQ-rounded"] = f"{rounding['gptq']} of {rounding['linears']}" if rounding else "–"
-        refused = run.get("refused", "")
-        if "would overflow" in refused:
-            refused = "refused: fp16 overflow, " + refused.split("queries ", 1)[1].split(" (fp16", 1)[0]
-        row["verdict"] = refused or ("pass" if run.get("passed") else "FAIL")
+        row["verdict"] = precision_verdict(run)
         rows.append(row)
     headers = ["precision", "method", *PRECISION_METRICS.values(), "kept float", "GPTQ-rounded", "verdict"]
-    columns = {k: k for k in headers}
     note = (
         f"Recorded {result['environment']['date']} on {result['checkpoint']}, worst of "
         f"{result['queries']['held_out']} held-out queries ({result['queries']['calibration']} calibrate); "
-        f"thresholds in parentheses. Reproduce: `{result['script']}`."
+        "in parentheses the absolute threshold and, where recorded, k x the model's own torch-bf16 deviation "
+        f"and the relative threshold it gives. Reproduce: `{result['script']}`."
     )
-    return "\n\n".join([PRECISION_BEGIN, note, table(rows, columns), PRECISION_END])
+    return [note, table(rows, {k: k for k in headers})]
+
+
+def precision_block() -> str:
+    """The accuracy gates on both outlier stress checkpoints (benchmarks/precision_gates.py)."""
+    paths = [RESULTS / "precision_outliers" / name for name in PRECISION_FILES]
+    body = [
+        part for path in paths if path.is_file() for part in precision_table(json.loads(path.read_text()))
+    ]
+    return "\n\n".join([PRECISION_BEGIN, *(body or ["No recorded precision run yet."]), PRECISION_END])
 
 
 MEMORY_BEGIN, MEMORY_END = "<!-- memory:begin -->", "<!-- memory:end -->"

@@ -15,6 +15,7 @@ from exporting import export_bundle
 from test_export import _build, needs_rtx
 
 from rynn_edge.export import emulate, quantize
+from rynn_edge.export.accuracy import RELATIVE_MULTIPLE
 from rynn_edge.runtime.backends.artifact import MANIFEST, Artifact
 from rynn_edge.runtime.cli import main
 from rynn_edge.runtime.tiny.bundle import write_tiny_bundle
@@ -99,6 +100,11 @@ def test_outlier_safe_schemes_pass(capsys, tmp_path, outlier_bundle, outlier_cal
     assert accuracy["passed"] and accuracy["samples"] == 2
     assert manifest["calibration"]["calibration_queries"] == 3
     assert len(accuracy["metrics"]["hidden_cosine_min"]["per_query"]) == 2
+    for metric in ("hidden_cosine_min", "action_max_abs_error"):  # judged against torch bf16 too
+        entry = accuracy["metrics"][metric]
+        assert entry["multiple"] == RELATIVE_MULTIPLE[metric][scheme] and "relative_threshold" in entry
+        assert entry["passed"] == (entry["passed_absolute"] or entry["passed_relative"])
+    assert 0 < accuracy["metrics"]["action_max_abs_error"]["bf16_reference"] < 0.04
     quant = manifest["quantization"]
     assert quant["method"] == "outlier-safe" and quant["float_base"] == "bf16"  # fp16 would overflow
     kept = quant["fallback"]["kept"]
@@ -141,6 +147,8 @@ def test_bf16_passes_its_gate_measured_on_the_bf16_graph(outlier_bf16):
     assert manifest["accuracy"]["passed"] and "bf16 graph emulated" in manifest["accuracy"]["measured_with"]
     assert manifest["stages"]["backbone_decode"]["io"]["past_k"]["dtype"] == "bfloat16"
     assert manifest["accuracy"]["metrics"]["hidden_cosine_mean"]["threshold"] == 0.999
+    action = manifest["accuracy"]["metrics"]["action_max_abs_error"]
+    assert action["bf16_reference"] > 0 and "relative_threshold" not in action  # bf16: absolute only
 
 
 @needs_rtx
