@@ -32,6 +32,8 @@ def save(out: Path, references: list[Reference]) -> list[str]:
         }
         for size, (pixels, codes) in ref.vq.items():
             arrays[f"vq{size}_pixels"], arrays[f"vq{size}_codes"] = pixels, codes
+        for metric, value in ref.bf16.items():  # the relative gate's reference, so verify judges alike
+            arrays[f"bf16_{metric}"] = np.float64(value)
         name = f"{FOLDER}/query_{i}.npz"
         np.savez_compressed(out / name, **arrays)
         written.append(name)
@@ -47,8 +49,9 @@ def load(folder: Path, names: list[str]) -> list[Reference]:
                 for k in z.files
                 if k.endswith("_pixels")
             }
+            bf16 = {k.removeprefix("bf16_"): float(z[k]) for k in z.files if k.startswith("bf16_")}
             references.append(
-                Reference(vq, z["ids"].tolist(), z["hidden"], z["actions"], z["tokens"].tolist())
+                Reference(vq, z["ids"].tolist(), z["hidden"], z["actions"], z["tokens"].tolist(), bf16)
             )
     return references
 

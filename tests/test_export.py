@@ -227,6 +227,18 @@ def test_gate_relative_to_the_models_own_bf16_deviation():
     assert bf16["bf16_reference"] == 0.08 and "multiple" not in bf16 and bf16["passed"] is False
 
 
+def test_golden_vectors_keep_the_bf16_reference(tmp_path):
+    """verify judges like export: the golden files carry the model's bf16 deviation per query."""
+    from rynn_edge.export import golden
+
+    bf16 = {"action_max_abs_error": 0.082, "token_agreement_pct": 81.25}
+    ref = accuracy.Reference(
+        {}, [1, 2, 3], np.ones((3, 4), np.float32), np.zeros((2, 6), np.float32), [7], bf16
+    )
+    (loaded,) = golden.load(tmp_path, golden.save(tmp_path, [ref]))
+    assert loaded.bf16 == bf16 and loaded.ids == [1, 2, 3] and loaded.tokens == [7]
+
+
 def test_relative_multiples_are_the_threshold_tables_ratios():
     for metric, multiples in accuracy.RELATIVE_MULTIPLE.items():
         bf16 = accuracy.deviation(metric, accuracy.THRESHOLDS[metric]["bf16"])
